@@ -1,0 +1,2 @@
+"""textrec: handwritten text recognition."""
+__version__ = "0.1.0"

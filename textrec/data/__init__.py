@@ -1,0 +1,1 @@
+"""Data sources and the one HDF5 line store they all write."""
