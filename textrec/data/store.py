@@ -148,7 +148,8 @@ class LineWriter:
             ds.resize((n + k,))
             if name == "image":
                 arr = np.empty(k, dtype=object)
-                arr[:] = values
+                for j, v in enumerate(values):  # element-wise: numpy would broadcast equal-length rows
+                    arr[j] = v
                 ds[n:n + k] = arr
             else:
                 ds[n:n + k] = values
