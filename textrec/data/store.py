@@ -147,10 +147,8 @@ class LineWriter:
             ds = g[name]
             ds.resize((n + k,))
             if name == "image":
-                arr = np.empty(k, dtype=object)
-                for j, v in enumerate(values):  # element-wise: numpy would broadcast equal-length rows
-                    arr[j] = v
-                ds[n:n + k] = arr
+                for j, v in enumerate(values):  # one by one: h5py reads equal-length rows as 2-D
+                    ds[n + j] = v
             else:
                 ds[n:n + k] = values
         self._n += k
