@@ -33,11 +33,16 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def s3_client():
+    """An S3 client configured from the environment as it is now.
+
+    A fresh session each time: boto3's default session caches the credentials it first saw, so a
+    changed ``AWS_*`` variable (another profile, a rotated key) would otherwise be ignored.
+    """
     import boto3
 
     endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
                 or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
-    return boto3.client("s3", endpoint_url=endpoint)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint)
 
 
 def _s3_keys(client, bucket: str, prefix: str) -> list[str]:
@@ -86,6 +91,7 @@ def _s3_get(client, bucket: str, key: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a copied file should read like any other
     try:
         client.download_file(bucket, key, tmp)
         os.replace(tmp, dest)
@@ -98,6 +104,7 @@ def _atomic_copy(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a copied file should read like any other
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
@@ -120,8 +127,9 @@ def upload(src: str | os.PathLike, uri: str) -> str:
     client = s3_client()
     try:
         if src.is_dir():
+            prefix = key.rstrip("/") + "/" if key.strip("/") else ""  # a bucket root has no prefix
             for f in sorted(p for p in src.rglob("*") if p.is_file()):
-                client.upload_file(str(f), bucket, f"{key.rstrip('/')}/{f.relative_to(src).as_posix()}")
+                client.upload_file(str(f), bucket, prefix + f.relative_to(src).as_posix())
         else:
             client.upload_file(str(src), bucket, key)
     except (BotoCoreError, ClientError) as e:
@@ -130,10 +138,19 @@ def upload(src: str | os.PathLike, uri: str) -> str:
 
 
 def exists(uri: str) -> bool:
+    """Whether ``uri`` names a file or folder (for S3: an object, or a prefix holding objects)."""
     if not is_s3(uri):
         return Path(uri).exists()
+    from botocore.exceptions import BotoCoreError, ClientError
+
     bucket, key = split_s3(uri)
-    return bool(_s3_keys(s3_client(), bucket, key))
+    try:
+        keys = _s3_keys(s3_client(), bucket, key)
+    except (BotoCoreError, ClientError) as e:
+        raise StorageError(f"{uri}: {e}") from e
+    # a bare prefix match is not enough: s3://b/data must not "exist" because s3://b/database does
+    folder = key.rstrip("/") + "/"
+    return any(k == key or not key or k.startswith(folder) for k in keys)
 
 
 @contextmanager

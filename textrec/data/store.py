@@ -65,6 +65,7 @@ def _atomic_target(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a finished store is read by other users and pods
     return Path(tmp)
 
 
@@ -90,12 +91,17 @@ class LineWriter:
         self._buf: list[Line] = []
         self._n = 0
         self._tmp = _atomic_target(self.path)
-        self._f = h5py.File(self._tmp, "w")
-        g = self._f.create_group("lines")
-        vbytes, vstr = h5py.vlen_dtype(np.uint8), h5py.string_dtype("utf-8")
-        for name, dt in [("image", vbytes), ("height", np.int32), ("width", np.int32), ("text", vstr),
-                         ("split", np.uint8), ("source", np.uint8), ("writer", vstr), ("ok", np.bool_)]:
-            g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(_BUFFER,))
+        self._f: h5py.File | None = None
+        try:
+            self._f = h5py.File(self._tmp, "w")
+            g = self._f.create_group("lines")
+            vbytes, vstr = h5py.vlen_dtype(np.uint8), h5py.string_dtype("utf-8")
+            for name, dt in [("image", vbytes), ("height", np.int32), ("width", np.int32), ("text", vstr),
+                             ("split", np.uint8), ("source", np.uint8), ("writer", vstr), ("ok", np.bool_)]:
+                g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(_BUFFER,))
+        except BaseException:
+            self.abort()  # no temp file may outlive a writer that never started
+            raise
 
     def __enter__(self) -> LineWriter:
         return self
@@ -158,15 +164,19 @@ class LineWriter:
         """Finish the file and move it into place. Returns the store's path."""
         if self._f is None:
             return self.path
-        self._flush()
-        a = self._f.attrs
-        a.update(format=LINES_FORMAT, version=FORMAT_VERSION, charset=self.charset.chars,
-                 splits=json.dumps(self.splits), sources=json.dumps(self.sources),
-                 meta=json.dumps(self.meta, sort_keys=True, default=str),
-                 content_hash=self._hash.hexdigest(), n=self._n)
-        self._f.close()
-        self._f = None
-        os.replace(self._tmp, self.path)
+        try:
+            self._flush()
+            a = self._f.attrs
+            a.update(format=LINES_FORMAT, version=FORMAT_VERSION, charset=self.charset.chars,
+                     splits=json.dumps(self.splits), sources=json.dumps(self.sources),
+                     meta=json.dumps(self.meta, sort_keys=True, default=str),
+                     content_hash=self._hash.hexdigest(), n=self._n)
+            self._f.close()
+            self._f = None
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()  # e.g. a full disk: drop the temp file, leave the target as it was
+            raise
         return self.path
 
     def abort(self) -> None:
@@ -309,7 +319,11 @@ def write_chars(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
     try:
         with h5py.File(tmp, "w") as f:
             g = f.create_group("chars")
-            g.create_dataset("image", data=images, chunks=True, compression="gzip", compression_opts=1)
+            # whole-glyph chunks: h5py's automatic guess for (N, 28, 28) slices glyphs into 2x2 tiles,
+            # which makes reading EMNIST several times slower
+            packed = {"chunks": (min(len(images), 4096), *images.shape[1:]), "compression": "gzip",
+                      "compression_opts": 1} if len(images) else {}
+            g.create_dataset("image", data=images, **packed)
             g.create_dataset("label", data=np.asarray(labels, np.int32))
             g.create_dataset("split", data=np.asarray(splits, np.uint8))
             f.attrs.update(format=CHARS_FORMAT, version=FORMAT_VERSION, mapping=mapping,
@@ -344,12 +358,16 @@ class CharStore:
 
     def images(self, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(images, label characters) of one split, or of all."""
+        if split is None:
+            idx = np.arange(len(self))
+        elif split in self.splits:
+            idx = np.flatnonzero(self.split_codes == self.splits.index(split))
+        else:
+            raise KeyError(f"{self.path}: no split {split!r}; it has {self.splits}")
         with _open_h5(self.path, CHARS_FORMAT) as f:
-            if split is None:
-                idx = np.arange(len(self))
-            else:
-                idx = np.flatnonzero(self.split_codes == self.splits.index(split))
-            imgs = f["chars/image"][:] if split is None else f["chars/image"][:][idx]
+            imgs = f["chars/image"][:]
+        if split is not None:
+            imgs = imgs[idx]
         chars = np.array([self.mapping[i] for i in self.labels[idx]])
         return imgs, chars
 
