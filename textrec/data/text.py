@@ -1,0 +1,314 @@
+"""Sentence sources: where the words of a synthetic line come from.
+
+Every source has one method, ``sample(rng) -> str``, that returns one line of text shaped like a line of
+the IAM database: about 20-60 characters (mean ~43, ~8 words), cut from running text so it may start or
+end mid-sentence, with capitals, punctuation and numbers, already normalised and inside the charset.
+The result depends only on the generator's state, so a seeded generator gives the same line anywhere.
+
+- :class:`WordFreqSource` (the default) draws English words by their real frequency (``wordfreq``),
+  alternating between function words and content words so the rhythm reads like prose, and decorates the
+  sentences with IAM-style punctuation, quotes, numbers and capitals.
+- :class:`TextFileSource` cuts lines from any text file.
+- :class:`StoreTextSource` reuses the transcriptions of an existing line store (e.g. ingested IAM).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from textrec.charset import DEFAULT_CHARSET, Charset
+
+
+@runtime_checkable
+class TextSource(Protocol):
+    """Anything that yields lines of text from a random generator."""
+
+    def sample(self, rng: np.random.Generator) -> str: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class LineLength:
+    """Target line lengths in characters. Lines are word-wrapped to the target, so the realised mean is
+    a few characters shorter than ``mean``: the defaults give IAM's ~43."""
+
+    mean: float = 47.0
+    sd: float = 10.0
+    low: int = 18
+    high: int = 68
+
+    def sample(self, rng: np.random.Generator) -> int:
+        return int(np.clip(round(rng.normal(self.mean, self.sd)), self.low, self.high))
+
+
+def wrap_line(words: Sequence[str], start: int, target: int) -> str:
+    """Join ``words`` from ``start`` (wrapping around the end) until the next word would pass ``target``
+    characters. At least one word is taken, however long."""
+    out: list[str] = []
+    length = -1
+    n = len(words)
+    for k in range(n):
+        w = words[(start + k) % n]
+        if out and length + 1 + len(w) > target:
+            break
+        out.append(w)
+        length += 1 + len(w)
+    return " ".join(out)
+
+
+def clean_word(word: str, charset: Charset = DEFAULT_CHARSET) -> str | None:
+    """A word made to fit the charset: normalised, accents stripped (``café`` -> ``cafe``); None when
+    other foreign characters remain."""
+    word = charset.normalise(word)
+    if charset.unknown(word):
+        decomposed = unicodedata.normalize("NFKD", word)
+        word = "".join(c for c in decomposed if not unicodedata.combining(c))
+        if charset.unknown(word):
+            return None
+    return word or None
+
+
+# --- word statistics ------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?$")
+_TITLES = ("Mr.", "Mrs.", "Dr.", "St.", "Mr.", "Mr.")
+_SUFFIX = {1: "st", 2: "nd", 3: "rd"}
+
+
+def _number(rng: np.random.Generator) -> str:
+    """A number written the ways IAM's texts write them."""
+    k = rng.random()
+    if k < 0.35:
+        return str(int(rng.integers(1, 100)))
+    if k < 0.52:
+        return str(int(rng.integers(1800, 2030)))  # years
+    if k < 0.60:
+        return f"{int(rng.integers(1, 1000))},{int(rng.integers(0, 1000)):03d}"
+    if k < 0.70:
+        return f"{int(rng.integers(0, 100))}.{int(rng.integers(0, 100))}"
+    if k < 0.80:
+        d = int(rng.integers(1, 32))
+        return f"{d}{_SUFFIX.get(d % 10 if d not in (11, 12, 13) else 0, 'th')}"
+    if k < 0.86:
+        return f"{int(rng.integers(1, 13))}.{int(rng.choice([0, 15, 30, 45])):02d}"  # times
+    if k < 0.91:
+        return f"{int(rng.integers(1, 4))}/{int(rng.integers(2, 9))}"
+    return str(int(rng.integers(100, 100_000)))
+
+
+class WordFreqSource:
+    """English prose from word frequencies.
+
+    Words come from ``wordfreq``'s list of the ``vocab`` most frequent English words. The first
+    ``function_words`` of them (the, of, and, to, ...) and the rest (content words) are drawn in a
+    two-state chain, which gives the alternation of real prose ("the house of a friend") for free.
+    Content words are drawn with probability ~ frequency ** ``temperature``: slightly flatter than
+    Zipf, so rarer letter combinations appear more often than in raw text.
+    """
+
+    def __init__(self, lang: str = "en", *, vocab: int = 30_000, function_words: int = 110,
+                 temperature: float = 0.8, charset: Charset = DEFAULT_CHARSET,
+                 lengths: LineLength = LineLength()) -> None:
+        import wordfreq
+
+        self.lang, self.lengths, self.charset = lang, lengths, charset
+        freqs = wordfreq.get_frequency_dict(lang)
+        words = [self._fix_case(w) for w in wordfreq.top_n_list(lang, vocab) if self._usable(w)]
+        words = [w for w in words if not charset.unknown(w)]
+        if len(words) <= function_words:
+            raise ValueError(f"wordfreq list for {lang!r} has only {len(words)} usable words")
+        p = np.array([freqs.get(w.lower(), 1e-9) for w in words])
+        self.function = words[:function_words]
+        self.content = words[function_words:]
+        self._fcdf = self._cdf(p[:function_words])
+        self._ccdf = self._cdf(p[function_words:] ** temperature)
+
+    @staticmethod
+    def _usable(w: str) -> bool:
+        return bool(_WORD.match(w)) and (len(w) > 1 or w in ("a", "i"))
+
+    @staticmethod
+    def _fix_case(w: str) -> str:
+        return "I" + w[1:] if w == "i" or w.startswith("i'") else w  # wordfreq lower-cases "I'm"
+
+    @staticmethod
+    def _cdf(p: np.ndarray) -> np.ndarray:
+        c = np.cumsum(p)
+        return c / c[-1]
+
+    def describe(self) -> str:
+        return f"wordfreq:{self.lang}"
+
+    def _draw(self, rng: np.random.Generator, function: bool) -> str:
+        cdf, words = (self._fcdf, self.function) if function else (self._ccdf, self.content)
+        return words[min(int(np.searchsorted(cdf, rng.random())), len(words) - 1)]
+
+    def sentence(self, rng: np.random.Generator) -> list[str]:
+        """One sentence as a list of tokens, punctuation attached."""
+        n = int(np.clip(rng.gamma(2.5, 7.0), 3, 45))
+        function = rng.random() < 0.6
+        words: list[str] = []
+        content: list[bool] = []
+        for _ in range(n):
+            word = self._draw(rng, function)
+            words.append(word if function else self._content_variant(word, rng))
+            content.append(not function)
+            function = rng.random() < (0.3 if function else 0.6)
+        return self._punctuate(words, content, rng)
+
+    @staticmethod
+    def _content_variant(word: str, rng: np.random.Generator) -> str:
+        k = rng.random()
+        if k < 0.03:
+            return _number(rng)
+        if k < 0.09:
+            return word[0].upper() + word[1:]  # names and places, which wordfreq lower-cases
+        if k < 0.094:
+            return word.upper()
+        return word
+
+    @staticmethod
+    def _punctuate(words: list[str], content: list[bool], rng: np.random.Generator) -> list[str]:
+        for i in range(len(words) - 1):
+            k = rng.random()
+            if not content[i]:
+                if k < 0.01:
+                    words[i] += ","  # "and, ..." is rare but real
+                continue
+            if k < 0.11:
+                words[i] += ","
+            elif k < 0.118:
+                words[i] += ";"
+            elif k < 0.126:
+                words[i] += ":"
+            elif k < 0.18 and content[i + 1] and words[i].isalpha() and words[i + 1].isalpha():
+                words[i] += "-"  # compound: joined with the next word below
+            elif k < 0.185 and content[i + 1] and words[i].isalpha():
+                words[i] += "/"
+        words = _join_marked(words)
+        words = ["&" if w == "and" and rng.random() < 0.08 else w for w in words]
+        if rng.random() < 0.015:
+            words.insert(int(rng.integers(0, len(words))), str(rng.choice(["-", "+", "*"])))
+        if rng.random() < 0.01:
+            words.insert(int(rng.integers(0, len(words))), f"#{int(rng.integers(1, 100))}")
+        if rng.random() < 0.03:
+            i = int(rng.integers(0, len(words)))
+            words[i:i + 1] = [str(rng.choice(_TITLES)), words[i][:1].upper() + words[i][1:]]
+        words[0] = words[0][:1].upper() + words[0][1:]
+        end = rng.choice([".", "?", "!", "...", ":"], p=[0.82, 0.08, 0.06, 0.02, 0.02])
+        words[-1] = words[-1].rstrip(",;:-/") + str(end)
+        _wrap_span(words, rng, 0.12, '"', '"')
+        _wrap_span(words, rng, 0.04, "(", ")")
+        _wrap_span(words, rng, 0.015, "'", "'")
+        return words
+
+    def sample(self, rng: np.random.Generator) -> str:
+        target = self.lengths.sample(rng)
+        tokens = self.sentence(rng)
+        # IAM lines are cut from running text: most start somewhere inside a sentence.
+        start = int(rng.integers(0, len(tokens))) if rng.random() < 0.7 else 0
+        tokens = tokens[start:]
+        while sum(len(t) + 1 for t in tokens) <= target + 1:
+            tokens += self.sentence(rng)
+        return wrap_line(tokens, 0, target)
+
+
+def _join_marked(words: list[str]) -> list[str]:
+    """Join each word ending in "-" or "/" (as marked by the punctuator) to the word after it."""
+    out: list[str] = []
+    for w in words:
+        if out and out[-1][-1:] in ("-", "/") and out[-1][:-1].isalpha():
+            out[-1] += w
+        else:
+            out.append(w)
+    return out
+
+
+def _wrap_span(words: list[str], rng: np.random.Generator, p: float, left: str, right: str) -> None:
+    """With probability ``p``, put ``left``/``right`` around a random run of words, in place."""
+    if rng.random() >= p or not words:
+        return
+    i = int(rng.integers(0, len(words)))
+    j = min(len(words) - 1, i + int(rng.integers(0, 6)))
+    words[i] = left + words[i]
+    words[j] = words[j] + right
+
+
+# --- text files and line stores ---------------------------------------------------------------------
+
+
+class TextFileSource:
+    """Lines cut from a text file: its words, cleaned to the charset, in order; each sample starts at a
+    random word and is word-wrapped to an IAM-like length. Words with characters that cannot be
+    mapped into the charset are dropped (``skipped_words`` counts them)."""
+
+    def __init__(self, path: str | os.PathLike, *, charset: Charset = DEFAULT_CHARSET,
+                 lengths: LineLength = LineLength()) -> None:
+        self.path = Path(path)
+        self.lengths = lengths
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.path}: no such corpus file") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{self.path}: corpus must be UTF-8 text ({e})") from e
+        self.words: list[str] = []
+        self.skipped_words = 0
+        for token in raw.split():
+            word = clean_word(token, charset)
+            if word is None:
+                self.skipped_words += 1
+            else:
+                self.words.append(word)
+        if not self.words:
+            raise ValueError(f"{self.path}: corpus has no words that fit the charset")
+
+    def describe(self) -> str:
+        return f"file:{self.path.name}"
+
+    def sample(self, rng: np.random.Generator) -> str:
+        return wrap_line(self.words, int(rng.integers(0, len(self.words))), self.lengths.sample(rng))
+
+
+class StoreTextSource:
+    """Transcriptions of an existing line store, drawn uniformly. Only the ``split`` split is used
+    (``train`` by default) so that synthetic training data never repeats a test line's text."""
+
+    def __init__(self, path: str | os.PathLike, *, split: str | None = "train",
+                 charset: Charset = DEFAULT_CHARSET) -> None:
+        from textrec.data.store import LineStore
+
+        self.path = Path(path)
+        self.split = split
+        store = LineStore(self.path)
+        texts = [store.texts[i] for i in store.indices(split)]
+        self.texts = [t for t in (charset.normalise(t) for t in texts) if t and not charset.unknown(t)]
+        if not self.texts:
+            raise ValueError(f"{self.path}: no transcriptions in split {split!r} fit the charset")
+
+    def describe(self) -> str:
+        return f"store:{self.path.name}:{self.split or 'all'}"
+
+    def sample(self, rng: np.random.Generator) -> str:
+        return self.texts[int(rng.integers(0, len(self.texts)))]
+
+
+def open_text_source(corpus: str | os.PathLike | None = None, *,
+                     charset: Charset = DEFAULT_CHARSET) -> TextSource:
+    """The source for ``corpus``: word statistics when None, a line store's transcriptions for an
+    ``.h5``/``.hdf5`` file, otherwise a text file."""
+    if corpus is None:
+        return WordFreqSource(charset=charset)
+    path = Path(corpus)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return StoreTextSource(path, charset=charset)
+    return TextFileSource(path, charset=charset)
