@@ -1,0 +1,167 @@
+"""The line stem: one preprocessing for training, evaluation and serving, plus training augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from textrec.stem import LineStem, StemConfig, crop_to_ink, to_grey
+
+
+def render(text: str = "Handwriting 42", size: int = 32, margin: int = 10, ink: int = 20,
+           paper: int = 240) -> np.ndarray:
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = font.getbbox(text)
+    img = Image.new("L", (right - left + 2 * margin, bottom - top + 2 * margin), paper)
+    ImageDraw.Draw(img).text((margin - left, margin - top), text, font=font, fill=ink)
+    return np.asarray(img)
+
+
+def test_output_is_float_with_the_configured_height_and_kept_aspect_ratio():
+    img = render()
+    x = LineStem()(img)
+    crop = crop_to_ink(img)
+    assert x.dtype == torch.float32 and x.dim() == 3 and x.shape[:2] == (1, 40)
+    assert x.shape[2] == pytest.approx(crop.shape[1] * 40 / crop.shape[0], abs=1)
+    assert LineStem(StemConfig(height=32))(img).shape[1] == 32
+
+
+def test_ink_is_one_and_paper_zero_whatever_the_contrast():
+    for ink, paper in [(0, 255), (90, 170), (150, 200)]:  # black pen, pencil, faint scan
+        x = LineStem()(render(ink=ink, paper=paper))
+        assert float(x.max()) == pytest.approx(1.0)
+        assert float(x.median()) < 0.05  # most of a line is paper
+        assert float((x > 0.5).float().mean()) > 0.05  # and the strokes survive
+
+
+def test_crop_removes_margins_and_ignores_specks():
+    tight = LineStem()(render(margin=2))
+    wide = LineStem()(render(margin=60))
+    assert torch.allclose(tight, wide, atol=1e-6)
+    specked = render(margin=60).copy()
+    specked[3, 3] = specked[-4, -4] = specked[5, -10] = 0  # dust far from the writing
+    assert torch.allclose(LineStem()(specked), wide, atol=1e-6)
+    uncropped = LineStem(StemConfig(crop_to_ink=False))(render(margin=60))
+    assert float(uncropped.mean()) < 0.5 * float(wide.mean())  # mostly margin
+
+
+def test_thin_faint_strokes_stay_visible_after_downscaling():
+    img = np.full((200, 900), 250, np.uint8)
+    for x0 in range(50, 850, 40):  # 1-px strokes in mid grey, 5x larger than the model input
+        img[40:160, x0] = 170
+        img[100, x0:x0 + 20] = 170
+    x = LineStem()(img)
+    assert float(x.max()) > 0.9
+    columns = (x[0] > 0.5).any(dim=0)
+    assert int(columns.sum()) >= 20  # every vertical stroke is still there
+
+
+def test_width_limits():
+    wide = np.full((20, 4000), 255, np.uint8)
+    wide[5:15, 10:3990] = 0
+    wide[5:15, 1000:1010] = 255
+    assert LineStem(StemConfig(max_width=512))(wide).shape == (1, 40, 512)
+    dot = np.full((30, 30), 255, np.uint8)
+    dot[10:20, 14:16] = 0
+    assert LineStem()(dot).shape[2] == 8
+
+
+def test_blank_pages_give_blank_lines():
+    for paper in (255, 128):
+        x = LineStem()(np.full((50, 300), paper, np.uint8))
+        assert x.shape[1] == 40 and float(x.abs().max()) < 1e-6
+    noisy = (np.random.default_rng(0).normal(230, 3, (50, 300))).clip(0, 255).astype(np.uint8)
+    assert float(LineStem()(noisy).max()) < 0.5  # sensor noise is not blown up into ink
+
+
+def test_image_modes_and_dtypes_are_converted():
+    grey = render()
+    want = LineStem()(grey)
+    rgb = Image.fromarray(grey).convert("RGB")
+    rgba = Image.fromarray(np.dstack([np.zeros_like(grey)] * 3 + [255 - grey]), "RGBA")  # ink as alpha
+    cases = [
+        rgb, np.asarray(rgb), rgba, Image.fromarray(grey).convert("P"), grey[:, :, None],
+        grey.astype(np.uint16) * 257, Image.fromarray(grey.astype(np.uint16) * 257),
+        grey.astype(np.float32) / 255, Image.fromarray(grey).convert("LA"),
+    ]
+    for case in cases:
+        got = LineStem()(case)
+        assert got.shape == want.shape, type(case)
+        assert torch.allclose(got, want, atol=0.05), getattr(case, "mode", getattr(case, "dtype", None))
+    binary = LineStem()(Image.fromarray(grey).convert("1"))
+    assert binary.shape[1] == 40 and float(binary.max()) == 1.0
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match=r"expected \(H, W\) grey or \(H, W, 1\|3\|4\) colour pixels, got shape \(10,\)"):
+        LineStem()(np.zeros(10, np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        LineStem()(np.zeros((0, 10), np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        to_grey(np.full((4, 4), np.nan))
+    with pytest.raises(TypeError, match="numpy array or PIL image, got str"):
+        LineStem()("line.png")
+    with pytest.raises(ValueError, match="height must be in"):
+        StemConfig(height=4)
+    with pytest.raises(ValueError, match="thickness must be in"):
+        StemConfig(thickness=2.0)
+
+
+def test_settings_round_trip_and_unknown_keys_fail():
+    stem = LineStem(StemConfig(height=48, slant=0.2))
+    again = LineStem.from_dict(stem.to_dict())
+    assert again.config == stem.config
+    with pytest.raises(ValueError, match=r"unknown keys \['colour'\]"):
+        LineStem.from_dict({**stem.to_dict(), "colour": 1})
+
+
+def test_augmentation_is_deterministic_for_a_seed_and_varies_across_seeds():
+    img, stem = render(), LineStem()
+    a = stem(img, np.random.default_rng(7), augment=True)
+    b = stem(img, np.random.default_rng(7), augment=True)
+    c = stem(img, np.random.default_rng(8), augment=True)
+    assert torch.equal(a, b)
+    assert a.shape != c.shape or not torch.equal(a, c)
+    clean = stem(img, np.random.default_rng(7))  # augment off: the rng is not used
+    assert torch.equal(clean, stem(img))
+
+
+def test_augmented_lines_keep_their_ink_shape_and_range():
+    img, stem = render(size=24), LineStem()
+    clean_w = stem(img).shape[2]
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        x = stem(img, rng, augment=True)
+        assert x.shape[1] == 40 and 0.4 * clean_w < x.shape[2] < 2.0 * clean_w
+        assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+        assert float(x.max()) > 0.8 and float((x > 0.5).float().mean()) > 0.02  # never erased
+
+
+def test_augmentation_strengths_of_zero_leave_the_line_as_it_was():
+    off = StemConfig(slant=0, rotation=0, stretch=0, thickness=0, low_res=0, blur=0, noise=0, contrast=0)
+    img = render()
+    got = LineStem(off)(img, np.random.default_rng(0), augment=True)
+    want = LineStem(off)(img)
+    # resampled once more than a clean line, which may move the tight crop by a pixel or so
+    assert abs(got.shape[2] - want.shape[2]) <= 0.06 * want.shape[2]
+    assert float(got.mean()) == pytest.approx(float(want.mean()), abs=0.03)
+
+
+def test_thin_strokes_on_textured_paper_are_found_and_cropped():
+    """Sparse 1-px strokes, ~2 % of the pixels, 45 levels below blotchy paper: Otsu's threshold
+    would split the paper texture in two and miss the writing."""
+    rng = np.random.default_rng(0)
+    blotches = np.asarray(Image.fromarray(rng.normal(0, 40, (6, 40)).astype(np.float32)).resize((800, 120)))
+    textured = np.clip(195 + blotches.clip(-12, 12) + rng.normal(0, 2, (120, 800)), 0, 255).astype(np.uint8)
+    clean = np.full((120, 800), 195, np.uint8)
+    for img in (textured, clean):
+        for x0 in range(200, 600, 25):
+            img[45:75, x0] = 150
+            img[60, x0:x0 + 12] = 150
+    want, got = LineStem()(clean), LineStem()(textured)
+    assert want.shape[2] == pytest.approx(412 * 40 / 30, abs=2)  # strokes span 412 x 30 px
+    assert got.shape == want.shape
+    assert float(got.max()) == pytest.approx(1.0)
+    assert int((got[0] > 0.5).any(dim=0).sum()) >= 16

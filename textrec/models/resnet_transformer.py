@@ -1,0 +1,223 @@
+"""``resnet_transformer``: a ResNet-style CNN encoder and an autoregressive Transformer decoder.
+
+Shapes for height 40 and a batch of B lines padded to width W::
+
+    images (B, 1, 40, W)
+    ResNet trunk                  (B, c3, 3, W/8)     the line_cnn_lstm trunk, also halving the width
+    1x1 conv + 2-D position       (B, d, 3, W/8)      half the channels encode the row, half the column
+    flatten                       (B, S = 3 * W/8, d) memory; columns beyond a line's width are masked
+    decoder over tokens (B, L)    (B, L, d) -> logits (B, L, V)
+
+Tokens: characters keep their charset indices 1..num_classes-1 (index 0, the CTC blank, is never
+produced); ``pad``, ``start`` and ``end`` are the three indices after the charset, so V = num_classes + 3.
+Teacher forcing in training, greedy or beam search at inference (no key/value cache: lines are short).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textrec.charset import Charset
+from textrec.decoding import Recognition
+from textrec.models.line_cnn_lstm import ResNetTrunk
+from textrec.models.registry import LineModel, register_model
+
+
+@dataclass(frozen=True)
+class ResnetTransformerConfig:
+    channels: tuple[int, int, int, int] = (16, 48, 96, 128)
+    blocks: tuple[int, int, int] = (1, 1, 1)
+    d_model: int = 128
+    heads: int = 4
+    layers: int = 3
+    ff: int = 384
+    dropout: float = 0.1
+    label_smoothing: float = 0.0
+    max_length: int = 160  # characters decoded at most per line
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        if self.d_model % 4 or self.d_model % self.heads:
+            raise ValueError(f"resnet_transformer: d_model ({self.d_model}) must be divisible by 4 and by "
+                             f"heads ({self.heads})")
+
+
+def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(N,) positions -> (N, dim) sine/cosine encodings (dim even)."""
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device)
+                     * (-math.log(10000.0) / dim))
+    angles = positions.to(torch.float32)[:, None] * freq[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+@register_model("resnet_transformer", ResnetTransformerConfig)
+class ResnetTransformer(LineModel):
+    """CNN encoder with 2-D positions, Transformer decoder over characters + pad/start/end tokens."""
+
+    def __init__(self, config: ResnetTransformerConfig, *, num_classes: int, height: int) -> None:
+        super().__init__(config, num_classes=num_classes, height=height)
+        d = config.d_model
+        self.pad, self.start, self.end = num_classes, num_classes + 1, num_classes + 2
+        self.vocab = num_classes + 3
+        self.encoder = ResNetTrunk(config.channels, config.blocks, last_stride_w=2)
+        self.project = nn.Conv2d(config.channels[3], d, 1)
+        self.embed = nn.Embedding(self.vocab, d, padding_idx=self.pad)
+        layer = nn.TransformerDecoderLayer(d, config.heads, config.ff, config.dropout, batch_first=True,
+                                           norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, config.layers)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, self.vocab)
+        self.drop = nn.Dropout(config.dropout)
+        # never produce the CTC blank or the pad/start tokens
+        banned = torch.zeros(self.vocab, dtype=torch.bool)
+        banned[[0, self.pad, self.start]] = True
+        self.register_buffer("banned", banned, persistent=False)
+
+    # --- encoder --------------------------------------------------------------------------------
+
+    def encode(self, images: torch.Tensor, widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> memory (B, S, d) and its padding mask (B, S), True where a position is padding."""
+        x, widths = self.encoder(images, widths)  # (B, c3, h, w)
+        x = self.project(x)  # (B, d, h, w)
+        b, d, h, w = x.shape
+        rows = sinusoid(torch.arange(h, device=x.device), d // 2)  # (h, d/2)
+        cols = sinusoid(torch.arange(w, device=x.device), d // 2)  # (w, d/2)
+        pos = torch.cat([rows[:, None, :].expand(h, w, -1), cols[None, :, :].expand(h, w, -1)], dim=2)
+        x = x.permute(0, 2, 3, 1) + pos  # (B, h, w, d)
+        memory = self.drop(x.reshape(b, h * w, d))
+        col = torch.arange(w, device=x.device)
+        pad = (col[None, :] >= widths[:, None])[:, None, :].expand(b, h, w).reshape(b, h * w)
+        return memory, pad
+
+    # --- decoder --------------------------------------------------------------------------------
+
+    def decode(self, tokens: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L) -> logits (B, L, V), each position seeing only earlier tokens."""
+        n = tokens.shape[1]
+        x = self.embed(tokens) * math.sqrt(self.config.d_model) + sinusoid(
+            torch.arange(n, device=tokens.device), self.config.d_model)
+        causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=tokens.device), diagonal=1)
+        x = self.decoder(self.drop(x), memory, tgt_mask=causal, tgt_key_padding_mask=tokens == self.pad,
+                         memory_key_padding_mask=memory_pad)
+        return self.head(self.norm(x))
+
+    def forward(self, images: torch.Tensor, widths: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: tokens (B, L) starting with ``start`` -> logits (B, L, V)."""
+        memory, pad = self.encode(images, widths)
+        return self.decode(tokens, memory, pad)
+
+    def loss(self, images: torch.Tensor, widths: torch.Tensor, targets: torch.Tensor,
+             target_lengths: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each line's characters and end token, summed per line, mean over lines."""
+        self.check_input(images, widths)
+        b, n = targets.shape[0], int(target_lengths.max()) if targets.numel() else 0
+        steps = torch.arange(n + 1, device=targets.device)[None, :]
+        lengths = target_lengths.to(torch.long)[:, None]
+        body = F.pad(targets[:, :n].to(torch.long), (0, 1), value=self.pad)
+        gold = torch.where(steps < lengths, body, torch.full_like(body, self.pad))
+        gold = torch.where(steps == lengths, torch.full_like(gold, self.end), gold)  # (B, n + 1)
+        inputs = torch.cat([torch.full((b, 1), self.start, device=targets.device), gold[:, :-1]], dim=1)
+        inputs = torch.where(inputs == self.end, torch.full_like(inputs, self.pad), inputs)
+        logits = self(images, widths, inputs)  # (B, n + 1, V)
+        ce = F.cross_entropy(logits.reshape(-1, self.vocab), gold.reshape(-1), ignore_index=self.pad,
+                             reduction="sum", label_smoothing=self.config.label_smoothing)
+        return ce / b
+
+    # --- inference ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def recognise(self, images: torch.Tensor, widths: torch.Tensor, *, decoder: str = "greedy",
+                  beam: int = 10, lm=None, lm_weight: float = 0.0, insertion_bonus: float = 0.0,
+                  charset: Charset | None = None) -> list[Recognition]:
+        """Greedy or beam-search decoding (``lm`` is not used by this model)."""
+        self.check_input(images, widths)
+        if decoder not in ("greedy", "beam"):
+            raise ValueError(f"unknown decoder {decoder!r}; expected 'greedy' or 'beam'")
+        charset = self.resolve_charset(charset)
+        was_training = self.training
+        self.eval()
+        try:
+            memory, pad = self.encode(images, widths)
+            limits = self._max_steps(widths)
+            if decoder == "greedy":
+                seqs = self._greedy(memory, pad, limits)
+            else:
+                seqs = [self._beam(memory[i:i + 1], pad[i:i + 1], beam, int(limits[i]))
+                        for i in range(len(memory))]
+        finally:
+            self.train(was_training)
+        out = []
+        for tokens, probs in seqs:
+            conf = float(sum(probs) / len(probs)) if probs else 0.0
+            out.append(Recognition(tokens, charset.decode(tokens), conf, probs))
+        return out
+
+    def _max_steps(self, widths: torch.Tensor) -> torch.Tensor:
+        """Characters each line may decode at most. Even narrow writing has fewer characters
+        than memory columns (8 px each at height 40), so twice that bounds a line: a confused model
+        cannot run on to ``max_length`` on a short line, and a line's result does not depend on the
+        widths of the others in its batch."""
+        cols = self.encoder.out_widths(widths.to(torch.long))
+        return torch.clamp(2 * cols, max=self.config.max_length)
+
+    def _step_logp(self, tokens: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        logits = self.decode(tokens, memory, pad)[:, -1]  # (B, V)
+        return F.log_softmax(logits.masked_fill(self.banned, float("-inf")), dim=-1)
+
+    def _greedy(self, memory: torch.Tensor, pad: torch.Tensor,
+                limits: torch.Tensor) -> list[tuple[list[int], list[float]]]:
+        b = memory.shape[0]
+        tokens = torch.full((b, 1), self.start, dtype=torch.long, device=memory.device)
+        done = torch.zeros(b, dtype=torch.bool, device=memory.device)
+        chosen, probs = [], []
+        for step in range(int(limits.max())):
+            done |= limits.to(memory.device) <= step
+            if bool(done.all()):
+                break
+            logp, nxt = self._step_logp(tokens, memory, pad).max(dim=-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.pad), nxt)
+            chosen.append(nxt)
+            probs.append(logp.exp())
+            done |= nxt == self.end
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        seqs = []
+        for i in range(b):
+            toks, ps = [], []
+            for t, p in zip(chosen, probs, strict=True):
+                if int(t[i]) in (self.end, self.pad):
+                    break
+                toks.append(int(t[i]))
+                ps.append(float(p[i]))
+            seqs.append((toks, ps))
+        return seqs
+
+    def _beam(self, memory: torch.Tensor, pad: torch.Tensor, beam: int, limit: int) -> tuple[list[int], list[float]]:
+        """Beam search for one line; hypotheses are ranked by mean log probability per token."""
+        live: list[tuple[float, list[int], list[float]]] = [(0.0, [], [])]
+        finished: list[tuple[float, list[int], list[float]]] = []
+        for _ in range(limit):
+            tokens = torch.tensor([[self.start] + h[1] for h in live], device=memory.device)
+            logp = self._step_logp(tokens, memory.expand(len(live), -1, -1), pad.expand(len(live), -1))
+            top_lp, top_ix = logp.topk(min(beam, self.vocab), dim=-1)
+            cands = []
+            for (score, toks, ps), lps, ixs in zip(live, top_lp.tolist(), top_ix.tolist(), strict=True):
+                for lp, ix in zip(lps, ixs, strict=True):
+                    cands.append((score + lp, toks + [ix], ps + [math.exp(lp)]))
+            cands.sort(key=lambda c: c[0], reverse=True)
+            live = []
+            for score, toks, ps in cands[:beam]:
+                if toks[-1] == self.end:
+                    finished.append((score / len(toks), toks[:-1], ps[:-1]))
+                else:
+                    live.append((score, toks, ps))
+            if not live or (finished and max(f[0] for f in finished) > max(s / len(t) for s, t, _ in live)):
+                break
+        finished.extend((s / max(len(t), 1), t, p) for s, t, p in live)
+        _, toks, ps = max(finished, key=lambda f: f[0])
+        return toks, ps

@@ -1,0 +1,385 @@
+"""The one preprocessing: a line image -> a normalised tensor, for training, evaluation and serving.
+
+Every path that feeds a model goes through :class:`LineStem`, so what the model saw in training is what
+it sees in production (train/serve skew is a bug). The steps, all on uint8 pixels with numpy and PIL so
+they stay cheap inside DataLoader workers:
+
+1. **Grey.** Any PIL mode or array layout becomes (H, W) uint8 with dark ink on light paper.
+2. **Crop to ink.** A percentile threshold from the histogram (:func:`ink_threshold`) splits ink
+   from paper; ink pixels with fewer than three ink pixels in their 3x3 neighbourhood are dropped as
+   specks; the crop keeps every ink column and trims the outermost 0.1 % of ink rows, so a few
+   stray pixels that survive the speck filter do not decide the scale. Tight crops transfer better
+   to real handwriting than padded ones.
+3. **Height.** The crop is resized (antialiased) to ``height`` rows, keeping the aspect ratio; the width
+   is clamped to ``[8, max_width]`` (a line wider than ``max_width`` is squeezed horizontally).
+4. **Contrast.** Per line, paper is the median of the paper pixels and ink the 30th percentile of
+   the ink pixels; pixels map linearly to ink ~1, paper ~0 and are clipped. Faint pencil and bold marker
+   therefore look alike, and zero padding in a batch is paper.
+
+``augment=True`` (training only) first distorts the cropped line at 1.5x the target height: one affine
+warp for slant, rotation and horizontal stretch, then stroke thickness (min/max filters, thinning as
+often as thickening because models break on strokes thinner than they trained on), a low-resolution
+pass, blur, contrast and noise. The normal steps 2-4 follow, so augmented and clean lines share one
+normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+MIN_WIDTH = 8
+_MIN_CONTRAST = 24  # grey levels between paper and the darkest ink below which a line counts as blank
+_MIN_SPAN = 8  # smallest ink-to-paper span that is stretched to [0, 1] (faint thin strokes after shrinking)
+_ROW_TRIM = 0.001  # fraction of ink mass trimmed from the top and the bottom when cropping
+_INK_PERCENTILE = 0.30  # ink level: this quantile of the ink class (darker pixels saturate at 1)
+
+
+@dataclass(frozen=True)
+class StemConfig:
+    """Preprocessing settings; stored in the model artifact so serving repeats them exactly.
+
+    The augmentation strengths act only when the stem is called with ``augment=True``.
+    """
+
+    height: int = 40  # model input height in pixels
+    crop_to_ink: bool = True
+    max_width: int = 2048
+    # --- augmentation (training only) ---
+    slant: float = 0.45  # max |shear| as tan(angle): handwriting slants up to ~25 degrees either way
+    rotation: float = 1.0  # max |rotation| in degrees (a tight crop of a long tilted line shrinks it)
+    stretch: float = 0.25  # horizontal scale is log-uniform in [1/(1+s), 1+s]
+    thickness: float = 0.7  # probability of changing the stroke width (half thinner, half thicker)
+    low_res: float = 0.3  # probability of a down/up-sampling pass to 40-90 % of the target height
+    blur: float = 0.3  # probability of a Gaussian blur
+    noise: float = 0.1  # max std of additive Gaussian noise, as a fraction of the ink/paper range
+    contrast: float = 0.6  # max loss of ink/paper contrast (0: none, 1: could vanish)
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.height <= 512:
+            raise ValueError(f"StemConfig.height must be in [8, 512], got {self.height}")
+        if self.max_width < MIN_WIDTH:
+            raise ValueError(f"StemConfig.max_width must be >= {MIN_WIDTH}, got {self.max_width}")
+        for name in ("thickness", "low_res", "blur", "contrast"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"StemConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("slant", "rotation", "stretch", "noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"StemConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+class LineStem:
+    """Image -> float32 tensor (1, height, W') with ink ~1 and paper ~0.
+
+    >>> img = np.full((60, 200), 255, np.uint8)  # white paper with two black bars and a gap
+    >>> img[20:40, 30:60] = img[20:40, 100:150] = 0
+    >>> x = LineStem()(img)  # cropped to 20 x 120 px, then scaled to 40 rows
+    >>> tuple(x.shape), x.dtype, float(x[0, :, 2:58].min()), float(x[0, :, 62:138].max())
+    ((1, 40, 240), torch.float32, 1.0, 0.0)
+    """
+
+    def __init__(self, config: StemConfig = StemConfig()) -> None:  # noqa: B008 (frozen, shared default)
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"LineStem({self.config})"
+
+    def __call__(self, image: np.ndarray | Image.Image, rng: np.random.Generator | None = None,
+                 augment: bool = False) -> torch.Tensor:
+        grey = to_grey(image)
+        if not augment:
+            return torch.from_numpy(self.normalise(grey))[None]
+        rng = rng if rng is not None else np.random.default_rng()
+        x = self.normalise(distort(grey, self.config, rng))
+        return torch.from_numpy(add_noise(x, self.config.noise, rng))[None]
+
+    def normalise(self, grey: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 ink-dark -> (height, W') float32 ink-bright; steps 2-4 of the module docstring."""
+        cfg = self.config
+        if cfg.crop_to_ink:
+            box = ink_box(grey)
+            has_ink = box is not None
+            if box is not None:
+                grey = grey[box[0]:box[1], box[2]:box[3]]
+        else:
+            has_ink = ink_threshold(np.bincount(grey.ravel(), minlength=256)) is not None
+        h, w = grey.shape
+        width = min(cfg.max_width, max(MIN_WIDTH, round(w * cfg.height / h)))
+        if (h, w) != (cfg.height, width):
+            grey = np.asarray(Image.fromarray(grey).resize((width, cfg.height), Image.BILINEAR))
+        return ink_contrast(grey, has_ink)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain settings for the model artifact."""
+        return asdict(self.config)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LineStem:
+        """Rebuild a stem from :meth:`to_dict`; unknown keys are an error (an artifact from elsewhere)."""
+        known = {f.name for f in fields(StemConfig)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"stem settings have unknown keys {unknown}; expected some of {sorted(known)}")
+        return cls(StemConfig(**data))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step 1: any image -> (H, W) uint8 grey, dark ink on light paper
+
+
+def to_grey(image: np.ndarray | Image.Image) -> np.ndarray:
+    """Convert a PIL image or array to (H, W) uint8; alpha is composited onto white paper.
+
+    >>> to_grey(np.array([[0, 65535]], np.uint16)).tolist()
+    [[0, 255]]
+    >>> to_grey(np.zeros((2, 2, 5)))
+    Traceback (most recent call last):
+    ...
+    ValueError: line image: expected (H, W) grey or (H, W, 1|3|4) colour pixels, got shape (2, 2, 5)
+    """
+    if isinstance(image, Image.Image):
+        grey = _pil_to_grey(image)
+    elif isinstance(image, np.ndarray):
+        grey = _array_to_grey(image)
+    else:
+        raise TypeError(f"line image: expected a numpy array or PIL image, got {type(image).__name__}")
+    if grey.size == 0:
+        raise ValueError(f"line image is empty: shape {grey.shape}")
+    return np.ascontiguousarray(grey)
+
+
+def _pil_to_grey(img: Image.Image) -> np.ndarray:
+    if img.mode == "L":
+        return np.asarray(img)
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        return _array_to_grey(np.asarray(img))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(paper, rgba).convert("L"))
+    try:
+        return np.asarray(img.convert("L"))
+    except (ValueError, OSError) as e:
+        raise ValueError(f"line image: cannot convert PIL mode {img.mode!r} to grey: {e}") from e
+
+
+def _array_to_grey(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3 and a.shape[2] in (1, 3, 4):
+        if a.shape[2] == 1:
+            a = a[:, :, 0]
+        else:
+            a = _to_uint8(a)
+            mode = "RGB" if a.shape[2] == 3 else "RGBA"
+            return _pil_to_grey(Image.fromarray(a, mode))
+    if a.ndim != 2:
+        raise ValueError(f"line image: expected (H, W) grey or (H, W, 1|3|4) colour pixels, got shape {a.shape}")
+    return _to_uint8(a)
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """Scale by dtype: bool like PIL mode "1" (True = white), 16-bit /257, floats in [0, 1] or [0, 255]."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    if a.dtype == np.uint16:
+        return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer):
+        top = 65535.0 if a.size and a.max() > 255 else 255.0
+        return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating):
+        if a.size and not np.isfinite(a).all():
+            raise ValueError("line image has NaN or infinite pixels")
+        top = 1.0 if a.size == 0 or a.max() <= 1.0 else 255.0
+        return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+    raise ValueError(f"line image: unsupported pixel dtype {a.dtype}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Steps 2 and 4: ink/paper statistics from the 256-bin histogram
+
+
+def _quantile(hist: np.ndarray, q: float) -> int:
+    """The grey level below which a fraction ``q`` of the histogram's pixels lie."""
+    c = np.cumsum(hist)
+    return int(np.searchsorted(c, q * c[-1], side="left"))
+
+
+def ink_threshold(hist: np.ndarray) -> int | None:
+    """Grey level at or below which a pixel is ink, from a 256-bin histogram; None for a blank image.
+
+    Percentiles rather than Otsu: a line of thin strokes on textured paper is only a few percent ink,
+    and Otsu then splits the paper texture instead. Paper is the 75th percentile (lines are mostly
+    paper, even tightly cropped bold ones), its noise the spread from there to the 95th, and ink the
+    darkest 0.1 %. Ink needs to stand out from the paper by ``_MIN_CONTRAST`` levels and by 4 noise
+    spreads; the threshold lies 60 % of the way from paper to ink (paper texture reaches further
+    below the paper than its upper spread suggests), and at least 2 spreads below the paper.
+
+    >>> ink_threshold(np.bincount([10] * 5 + [200] * 95, minlength=256))
+    86
+    >>> ink_threshold(np.bincount([198, 200, 202] * 100, minlength=256)) is None
+    True
+    """
+    paper = _quantile(hist, 0.75)
+    spread = _quantile(hist, 0.95) - paper
+    dark = _quantile(hist, 0.001)
+    if paper - dark < max(_MIN_CONTRAST, 4 * spread):
+        return None
+    return int(min(paper - 0.6 * (paper - dark), paper - 2 * spread))
+
+
+def ink_contrast(grey: np.ndarray, has_ink: bool = True) -> np.ndarray:
+    """(H, W) uint8 ink-dark -> float32 with paper ~0 and ink ~1, levels measured on this line.
+
+    Paper is the median of the pixels above the ink threshold, ink the 30th percentile of those at or
+    below it. ``has_ink`` comes from the full-resolution image: after shrinking, a thin stroke may be
+    only a little darker than the paper, and must still come out as ink. A blank line is only shifted
+    so its paper is 0, never stretched, so noise stays noise.
+    """
+    hist = np.bincount(grey.ravel(), minlength=256)
+    t = ink_threshold(hist) if has_ink else None
+    if has_ink and t is None:  # faint after shrinking: split halfway between paper and darkest ink
+        t = (_quantile(hist, 0.75) + _quantile(hist, 0.001)) // 2
+    if t is not None and hist[: t + 1].any() and hist[t + 1:].any():
+        paper = float(_quantile(hist[t + 1:], 0.5) + t + 1)
+        ink = float(_quantile(hist[: t + 1], _INK_PERCENTILE))
+        span = max(paper - ink, float(_MIN_SPAN))
+    else:
+        paper, span = float(_quantile(hist, 0.5)), 255.0
+    out = (paper - grey.astype(np.float32)) * np.float32(1.0 / span)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def ink_mask(grey: np.ndarray) -> np.ndarray | None:
+    """Boolean ink pixels without isolated specks, or None if the image has no ink/paper contrast."""
+    t = ink_threshold(np.bincount(grey.ravel(), minlength=256))
+    if t is None:
+        return None
+    mask = grey <= t
+    # Count ink in each 3x3 neighbourhood: a 1-px stroke keeps 3 (itself and two along the stroke),
+    # an isolated speck or a pair of specks has fewer.
+    m = np.pad(mask.astype(np.uint8), 1)
+    h, w = mask.shape
+    count = np.zeros((h, w), np.uint8)
+    for dy in range(3):
+        for dx in range(3):
+            count += m[dy:dy + h, dx:dx + w]
+    return mask & (count >= 3)
+
+
+def ink_box(grey: np.ndarray, trim: float = _ROW_TRIM) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the ink, bottom/right exclusive; None when there is no ink.
+    ``trim`` is the fraction of ink rows dropped at the top and at the bottom."""
+    mask = ink_mask(grey)
+    if mask is None:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
+        return None
+    rows = np.cumsum(mask.sum(axis=1, dtype=np.int64))
+    total = rows[-1]
+    top = int(np.searchsorted(rows, trim * total, side="right"))
+    bottom = int(np.searchsorted(rows, (1.0 - trim) * total, side="left")) + 1
+    return top, max(bottom, top + 1), int(cols[0]), int(cols[-1]) + 1
+
+
+def crop_to_ink(grey: np.ndarray, trim: float = _ROW_TRIM) -> np.ndarray:
+    """The tight crop around the ink; the image unchanged when it has no ink.
+
+    >>> img = np.full((50, 80), 250, np.uint8); img[10:30, 20:60] = 5; img[45, 2] = 0  # a speck
+    >>> crop_to_ink(img).shape
+    (20, 40)
+    """
+    box = ink_box(grey, trim)
+    if box is None:
+        return grey
+    top, bottom, left, right = box
+    return grey[top:bottom, left:right]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Augmentation (training only)
+
+
+def distort(grey: np.ndarray, cfg: StemConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random training distortions of an ink-dark uint8 line; every random draw comes from ``rng``."""
+    if cfg.crop_to_ink:  # untrimmed: the normal crop after the warp trims once, as for clean lines
+        grey = crop_to_ink(grey, trim=0.0)
+    work_h = round(1.5 * cfg.height)  # cheap, yet fine enough that a 3x3 filter moves strokes by <1 output px
+    img = Image.fromarray(grey)
+    if img.height > 2 * work_h:  # antialiased shrink first; the affine warp below does not antialias
+        img = img.resize((max(1, round(img.width * work_h / img.height)), work_h), Image.BILINEAR)
+    img = _warp(img, cfg, rng, work_h)
+    img = _stroke(img, cfg, rng)
+    if rng.random() < cfg.low_res:
+        f = rng.uniform(0.4, 0.9) * cfg.height / img.height
+        small = (max(2, round(img.width * f)), max(2, round(img.height * f)))
+        img = img.resize(small, Image.BILINEAR).resize(img.size, Image.BILINEAR)
+    if rng.random() < cfg.blur:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.5)))
+    return _contrast(np.asarray(img), cfg, rng)
+
+
+def _warp(img: Image.Image, cfg: StemConfig, rng: np.random.Generator, work_h: int) -> Image.Image:
+    """One affine map: scale to ``work_h`` rows, horizontal stretch, slant (shear), rotation."""
+    scale = work_h / img.height
+    sx = scale * math.exp(rng.uniform(-1, 1) * math.log1p(cfg.stretch))
+    shear = rng.uniform(-cfg.slant, cfg.slant)
+    angle = math.radians(rng.uniform(-cfg.rotation, cfg.rotation))
+    c, s = math.cos(angle), math.sin(angle)
+    # forward map (x, y) -> R @ Shear @ S @ (x, y); shear moves the top right for positive slant
+    a = np.array([[c, -s], [s, c]]) @ np.array([[1.0, -shear], [0.0, 1.0]]) @ np.diag([sx, scale])
+    w, h = img.size
+    corners = a @ np.array([[0, w, 0, w], [0, 0, h, h]], np.float64)
+    lo = corners.min(axis=1)
+    size = np.ceil(corners.max(axis=1) - lo).astype(int) + 1
+    inv = np.linalg.inv(a)
+    offset = inv @ lo  # output pixel (u, v) samples input inv @ ((u, v) + lo)
+    paper = _quantile(np.bincount(np.asarray(img).ravel(), minlength=256), 0.5)
+    coeffs = (inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1])
+    return img.transform((int(size[0]), int(size[1])), Image.AFFINE, coeffs, Image.BILINEAR, fillcolor=paper)
+
+
+def _stroke(img: Image.Image, cfg: StemConfig, rng: np.random.Generator) -> Image.Image:
+    if rng.random() >= cfg.thickness:
+        return img
+    grey = np.asarray(img)
+    if rng.random() < 0.5:  # thicker: spread the dark ink
+        out = _rank3(grey, np.minimum)
+        if rng.random() < 0.2:
+            out = _rank3(out, np.minimum)
+        return Image.fromarray(out)
+    # Thinner: a full erosion can erase 2-px strokes, so blend part of it back; the per-line contrast
+    # step later darkens what remains, leaving a thin stroke at full contrast.
+    eroded = _rank3(grey, np.maximum).astype(np.float32)
+    keep = np.float32(rng.uniform(0.15, 0.6))
+    return Image.fromarray((eroded + keep * (grey - eroded) + 0.5).astype(np.uint8))
+
+
+def _rank3(grey: np.ndarray, op) -> np.ndarray:
+    """3x3 min or max filter as two separable passes (PIL's rank filter is ~100x slower)."""
+    p = np.pad(grey, 1, mode="edge")
+    rows = op(op(p[:-2], p[1:-1]), p[2:])
+    return op(op(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+
+
+def _contrast(grey: np.ndarray, cfg: StemConfig, rng: np.random.Generator) -> np.ndarray:
+    """Lighter ink and darker paper, sharing a random loss of contrast (a lookup table: cheap)."""
+    lost = rng.uniform(0, cfg.contrast)
+    ink = rng.uniform(0, lost)
+    paper = 1.0 - (lost - ink)
+    lut = np.rint(255 * (ink + (paper - ink) * np.arange(256) / 255)).astype(np.uint8)
+    return lut[grey]
+
+
+def add_noise(x: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise with a random std in [0, strength], on the normalised (ink ~1) line."""
+    if strength <= 0:
+        return x
+    x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(rng.uniform(0, strength))
+    return np.clip(x, 0.0, 1.0, out=x)
