@@ -1,0 +1,27 @@
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from components import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def evaluate_cer(model: Input[Model], lines: Input[Dataset], pipeline_run_id: str, mlflow_uri: str,
+                 experiment: str, metrics: Output[Metrics], report: Output[HTML]
+                 ) -> NamedTuple("Evaluation", [("cer", float), ("eval_set_hash", str)]):
+    """Character and word error rates on the fixed test split of every line store, and an HTML report
+    with the worst lines beside their images; eval_set_hash identifies the exact lines scored."""
+    import shutil
+    import tempfile
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.steps import evaluate_model, line_stores
+
+    result = evaluate_model(Path(model.path) / "model.pt", line_stores(lines.path), tempfile.mkdtemp(),
+                            pipeline_run_id=pipeline_run_id, tracking_uri=mlflow_uri, experiment=experiment)
+    shutil.copyfile(result["report"], report.path)
+    for name in ("cer", "wer", "n"):
+        metrics.log_metric(name, float(result[name]))
+    return namedtuple("Evaluation", ["cer", "eval_set_hash"])(result["cer"], result["eval_set_hash"])

@@ -1,0 +1,32 @@
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def register_model(model: Input[Model], lines: Input[Dataset], test_cer: float, eval_set_hash: str,
+                   model_name: str, promotion_margin: float, pipeline_run_id: str, mlflow_uri: str,
+                   experiment: str, metrics: Output[Metrics], decision: Output[Artifact]
+                   ) -> NamedTuple("Registration", [("model_uri", str), ("version", str), ("promoted", bool)]):
+    """Register the model in MLflow as a new version with alias 'challenger'. Alias 'champion' moves to
+    it only if its test CER beats the champion's on the same evaluation set by more than
+    promotion_margin; otherwise the champion stays. decision (JSON) says which, and why."""
+    import json
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.steps import line_stores
+    from components.steps import register_model as register
+
+    d = register(Path(model.path) / "model.pt", line_stores(lines.path), test_cer=test_cer,
+                 eval_hash=eval_set_hash, model_name=model_name, margin=promotion_margin,
+                 pipeline_run_id=pipeline_run_id, tracking_uri=mlflow_uri, experiment=experiment)
+    Path(decision.path).write_text(json.dumps(d.to_dict(), indent=2))
+    decision.metadata.update(promoted=d.promoted, reason=d.reason, version=d.version)
+    metrics.log_metric("promoted", float(d.promoted))
+    metrics.log_metric("challenger_cer", d.challenger_cer)
+    registration = namedtuple("Registration", ["model_uri", "version", "promoted"])
+    return registration(f"models:/{model_name}/{d.version}", d.version, d.promoted)

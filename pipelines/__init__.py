@@ -1,0 +1,1 @@
+"""The textrec pipeline: its wiring, compilation, a local run and submission to Kubeflow Pipelines."""

@@ -1,0 +1,105 @@
+"""The compiled pipeline: the golden file is current, and the spec says what the pipeline promises
+(caching per step, retries on training, GPU placement, the component image, no installs at start)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO / "pipelines" / "textrec_pipeline.yaml"
+DEFAULT_IMAGE_PREFIX = "ghcr.io/textrec/textrec-component:"
+
+
+def compile_to(path: Path, image: str | None = None) -> str:
+    """Compile in a fresh interpreter: the component image is read from the environment at import."""
+    env = {k: v for k, v in os.environ.items() if k != "TEXTREC_IMAGE"}
+    if image:
+        env["TEXTREC_IMAGE"] = image
+    subprocess.run([sys.executable, "-m", "pipelines.textrec_pipeline", str(path)], cwd=REPO, env=env,
+                   check=True, capture_output=True, timeout=120)
+    return path.read_text()
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> str:
+    return compile_to(tmp_path_factory.mktemp("compile") / "pipeline.yaml")
+
+
+@pytest.fixture(scope="module")
+def spec(compiled) -> tuple[dict, dict]:
+    pipeline, platform = yaml.safe_load_all(compiled)
+    return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_golden_file_matches_a_fresh_compile(compiled):
+    golden = GOLDEN.read_text()
+    if compiled != golden:
+        diff = "".join(list(difflib.unified_diff(golden.splitlines(True), compiled.splitlines(True),
+                                                 "golden", "compiled"))[:60])
+        pytest.fail(f"{GOLDEN.relative_to(REPO)} is out of date; run `make pipeline-compile`:\n{diff}")
+
+
+def test_data_steps_are_cached_and_training_steps_are_not(spec):
+    tasks = spec[0]["root"]["dag"]["tasks"]
+    cached = {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()}
+    assert cached["ingest-data"] and cached["synthesize-lines"] and cached["plan-training"]
+    assert not cached["train-model"] and not cached["evaluate-cer"] and not cached["register-model"]
+
+
+def test_training_is_retried(spec):
+    retry = spec[0]["root"]["dag"]["tasks"]["train-model"]["retryPolicy"]
+    assert retry["maxRetryCount"] == 2
+
+
+def test_training_gets_gpus_a_gpu_node_and_tolerates_its_taint(spec):
+    pipeline, k8s = spec
+    resources = pipeline["deploymentSpec"]["executors"]["exec-train-model"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "plan-training-pod_gpus" in resources["accelerator"]["resourceCount"]
+    train = k8s["exec-train-model"]
+    assert train["nodeSelector"]["nodeSelectorJson"]["taskOutputParameter"] == {
+        "outputParameterKey": "node_selector", "producerTask": "plan-training"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in train["tolerations"]
+    defaults = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert defaults["gpu_node_selector"]["defaultValue"] == {"nvidia.com/gpu.present": "true"}
+
+
+def test_every_step_runs_the_component_image_and_installs_nothing(spec):
+    executors = spec[0]["deploymentSpec"]["executors"]
+    assert len(executors) >= 6
+    for name, ex in executors.items():
+        container = ex["container"]
+        assert container["image"].startswith(DEFAULT_IMAGE_PREFIX), name
+        assert "pip install" not in " ".join(container["command"]), name
+
+
+def test_components_describe_themselves_from_their_docstrings(spec):
+    import components
+
+    for name in components.__all__:
+        component = getattr(components, name)
+        if hasattr(component, "component_spec"):
+            assert len(component.component_spec.description or "") > 40, name
+    assert "champion" in components.register_model.component_spec.description
+    assert spec[0]["pipelineInfo"]["description"].startswith("Train, evaluate and register")
+
+
+def test_textrec_image_at_compile_time_sets_every_steps_image(tmp_path):
+    text = compile_to(tmp_path / "p.yaml", image="registry.example/textrec-component:abc123")
+    pipeline = next(yaml.safe_load_all(text))
+    images = {ex["container"]["image"] for ex in pipeline["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/textrec-component:abc123"}
+    train_env = pipeline["deploymentSpec"]["executors"]["exec-train-model"]["container"]["env"]
+    assert {"name": "TEXTREC_IMAGE", "value": "registry.example/textrec-component:abc123"} in train_env
+
+
+def test_pipeline_outputs_the_registered_model(spec):
+    outputs = spec[0]["root"]["outputDefinitions"]["parameters"]
+    assert set(outputs) == {"model_uri", "version", "promoted"}
