@@ -10,7 +10,7 @@ DEB_FONTS := fonts-dkg-handwriting fonts-breip fonts-sjfonts fonts-femkeklaver f
   fonts-dustin fonts-rufscript fonts-comic-neue
 PYTEST_ARGS ?=
 
-.PHONY: install fonts test test-slow lint format local clean
+.PHONY: install fonts test test-slow lint format local clean pipeline-compile pipeline-run mlflow-ui mlflow-stop
 
 install: $(STAMP) fonts
 
@@ -39,10 +39,65 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format textrec components pipelines serving tests benchmarks
 
+# The whole pipeline on this machine (kfp.local): PROFILE=cpu (default, ~25 min on 2 cores) or smoke
+# (~1-3 min). Without MLFLOW_TRACKING_URI a local MLflow server is started and left running.
+PROFILE ?= cpu
+DATA_SOURCE ?= none
+# LOCAL_BACKEND: auto (kind when `kind` and a working Docker engine exist, else embedded), embedded, kind.
+LOCAL_BACKEND ?= auto
 local: install
-	$(BIN)/textrec data synth --n 2000 --out .textrec/data/synth.h5
-	$(BIN)/textrec data info .textrec/data/synth.h5
-	$(BIN)/textrec data show .textrec/data/synth.h5 --out .textrec/data/synth-grid.png
+	@backend="$(LOCAL_BACKEND)"; \
+	if [ "$$backend" = auto ]; then \
+	  if command -v kind >/dev/null 2>&1 && docker info >/dev/null 2>&1; then backend=kind; else backend=embedded; fi; \
+	fi; \
+	case "$$backend" in \
+	  kind) echo "make local: running the components on kind (LOCAL_BACKEND=embedded to run them here)"; \
+	        $(MAKE) --no-print-directory local-kind ;; \
+	  embedded) echo "make local: running the pipeline embedded (kfp.local + local MLflow; no kind/Docker in use)"; \
+	        $(BIN)/python -m pipelines.local --profile $(PROFILE) --data-source "$(DATA_SOURCE)" ;; \
+	  *) echo "make local: LOCAL_BACKEND must be auto, embedded or kind, not '$$backend'" >&2; exit 2 ;; \
+	esac
+
+# Kubeflow Pipelines: compile the golden file; submit a run (KFP_HOST, KFP_NAMESPACE, KFP_TOKEN,
+# KFP_EXPERIMENT; PROFILE picks configs/$(PROFILE).yaml as the training config).
+pipeline-compile: $(STAMP)
+	env -u TEXTREC_IMAGE $(BIN)/python -m pipelines.textrec_pipeline
+
+pipeline-run: $(STAMP)
+	$(BIN)/python -m pipelines.submit --profile $(PROFILE)
+
+# The local MLflow server (sqlite + artifacts under .textrec/mlflow): start or show it, stop it.
+mlflow-ui: $(STAMP)
+	$(BIN)/python -m pipelines.local --serve-only
+
+mlflow-stop: $(STAMP)
+	$(BIN)/python -m pipelines.local --stop-server
 
 clean:
+	-test -x $(BIN)/python && $(BIN)/python -m serving.local stop >/dev/null 2>&1
+	-test -x $(BIN)/python && $(BIN)/python -m pipelines.local --stop-server
 	rm -rf .textrec .pytest_cache .ruff_cache
+
+# Kubernetes delivery: images, charts, a local kind cluster (see docs/kubernetes.md).
+IMAGE_REGISTRY ?=
+IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+.PHONY: images charts-lint local-kind
+
+images:
+	IMAGE_REGISTRY="$(IMAGE_REGISTRY)" IMAGE_TAG="$(IMAGE_TAG)" docker/build-images.sh
+
+charts-lint: $(STAMP)
+	$(BIN)/pytest -q tests/test_charts.py
+
+local-kind:
+	IMAGE_TAG="$(IMAGE_TAG)" deploy/kind/local-kind.sh
+
+# Local TorchServe with the registry's champion (or MODEL=path/to/model.pt); see docs/serving.md.
+MODEL ?=
+.PHONY: serve serve-stop
+
+serve: $(STAMP)
+	$(BIN)/python -m serving.local serve $(if $(MODEL),--model "$(MODEL)",)
+
+serve-stop: $(STAMP)
+	$(BIN)/python -m serving.local stop

@@ -73,6 +73,16 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def local_server_running() -> bool:
+    """Whether `make serve` left a TorchServe running, so a new champion should be rolled onto it."""
+    from serving.local import LocalServer, ServeError
+
+    try:
+        return LocalServer.from_workdir().pid() is not None
+    except ServeError:
+        return False
+
+
 def run_pipeline(*, profile: str, data_source: str = "none", epochs: int = 0, margin: float = 0.0,
                  seed: int = 0, synth_lines: int = 0, overrides: tuple[str, ...] = (),
                  root: Path = ROOT, mlflow_uri: str | None = None, serving_target: str = "none",
@@ -169,8 +179,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--synth-lines", type=int, default=0, help="lines to render (0: from the profile)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="training config override, e.g. --set loop.max_minutes=5 (repeatable)")
-    p.add_argument("--serving-target", default="none", choices=("none", "local"),
-                   help="roll a new champion onto a local TorchServe (`make serve`) or not at all")
+    p.add_argument("--serving-target", default=os.environ.get("SERVING_TARGET") or "auto",
+                   choices=("auto", "none", "local"),
+                   help="roll a new champion onto the local TorchServe of `make serve` (auto: when one runs)")
     p.add_argument("--model-name", default="textrec-line", help="registered model name")
     p.add_argument("--root", type=Path, default=ROOT)
     p.add_argument("--serve-only", action="store_true", help="start (or find) the MLflow server and exit")
@@ -191,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.serve_only:
         print(f"MLflow: {tracking_uri(a.root)}")
         return 0
+    if a.serving_target == "auto":
+        a.serving_target = "local" if local_server_running() else "none"
     try:
         summary = run_pipeline(profile=a.profile, data_source=a.data_source, epochs=a.epochs, margin=a.margin,
                                seed=a.seed, synth_lines=a.synth_lines, overrides=tuple(a.overrides),
