@@ -11,14 +11,18 @@ from textrec import __version__
 
 COMPONENT_IMAGE = os.environ.get("TEXTREC_IMAGE") or f"ghcr.io/textrec/textrec-component:{__version__}"
 
-# The components import COMPONENT_IMAGE from this package, so they come after it.
-from components.deploy_model import deploy_model  # noqa: E402
-from components.evaluate_cer import evaluate_cer  # noqa: E402
-from components.ingest_data import ingest_data  # noqa: E402
-from components.plan_training import plan_training  # noqa: E402
-from components.register_model import register_model  # noqa: E402
-from components.synthesize_lines import synthesize_lines  # noqa: E402
-from components.train_model import train_model  # noqa: E402
+_COMPONENTS = ("deploy_model", "evaluate_cer", "ingest_data", "plan_training", "register_model",
+               "synthesize_lines", "train_model")
+__all__ = ["COMPONENT_IMAGE", *_COMPONENTS]
 
-__all__ = ["COMPONENT_IMAGE", "deploy_model", "evaluate_cer", "ingest_data", "plan_training", "register_model",
-           "synthesize_lines", "train_model"]
+
+def __getattr__(name: str):
+    # Loaded on first use, not here: a running component imports components.steps, and the KFP
+    # executor's trimmed-down kfp.dsl cannot define components.
+    if name in _COMPONENTS:
+        import importlib
+
+        component = getattr(importlib.import_module(f"components.{name}"), name)
+        globals()[name] = component  # the submodule import bound the module to this name; the function wins
+        return component
+    raise AttributeError(f"module 'components' has no attribute {name!r}")
