@@ -101,3 +101,11 @@ serve: $(STAMP)
 
 serve-stop: $(STAMP)
 	$(BIN)/python -m serving.local stop
+
+# Train one recipe without the pipeline: configs/$(PROFILE).yaml into .textrec/runs/$(PROFILE)
+# (resumes from its last checkpoint if interrupted); TRAIN_ARGS adds overrides, e.g. --loop.epochs=3.
+TRAIN_ARGS ?=
+.PHONY: train
+
+train: install
+	$(BIN)/textrec train --config configs/$(PROFILE).yaml --out .textrec/runs/$(PROFILE) --resume auto $(TRAIN_ARGS)

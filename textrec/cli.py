@@ -56,6 +56,83 @@ def _data_info(a: argparse.Namespace) -> None:
         print(f"  meta: {json.dumps(info['meta'], sort_keys=True)[:400]}")
 
 
+def _train(a: argparse.Namespace) -> None:
+    from textrec.training import load_config, train
+
+    cfg = load_config(a.config, a.overrides)
+    metrics = train(cfg, a.out, resume=a.resume)
+    shown = {k: v for k, v in metrics.items() if k.endswith(("_cer", "_wer")) or k in ("epochs", "wall_s")}
+    print(json.dumps(shown, indent=2, default=str))
+    print(f"wrote {a.out / 'model.pt'} and {a.out / 'metrics.json'}")
+
+
+def _evaluate(a: argparse.Namespace) -> None:
+    from textrec import evaluate as ev
+
+    if a.data is not None:
+        report = ev.evaluate_store(a.model, a.data, a.split, limit=a.limit, batch_size=a.batch_size)
+    elif a.labels is not None:
+        report = ev.evaluate_tsv(a.model, a.labels, batch_size=a.batch_size)
+    else:
+        report = ev.evaluate_iam_lines(a.model, a.iam_lines, batch_size=a.batch_size)
+    if a.report is not None:
+        page = ev.write_report(report, a.report, worst=a.worst)
+        print(f"wrote {page}", file=sys.stderr if a.json else sys.stdout)
+    if a.json:
+        print(json.dumps({"cer": report.cer, "wer": report.wer, "n": report.n}))
+    else:
+        print(f"{report.source}: {report.n} lines, CER {report.cer:.4f}, WER {report.wer:.4f}")
+
+
+def _predict(a: argparse.Namespace) -> None:
+    missing = [p for p in a.images if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: no such image file")
+    if a.endpoint:
+        return _predict_endpoint(a)
+    from textrec.recognizer import Recognizer
+
+    rec = Recognizer.load(a.model)
+    for result in rec.recognise(a.images, batch_size=a.batch_size):
+        print(f"{result.text}\t{result.confidence:.4f}")
+
+
+def _endpoint_token(token_file: Path | None) -> str:
+    """--token-file (a TorchServe key_file.json or a file holding the token), else TEXTREC_TOKEN, else
+    the local server's .textrec/serve/key_file.json."""
+    import os
+
+    if token_file is None and os.environ.get("TEXTREC_TOKEN"):
+        return os.environ["TEXTREC_TOKEN"].strip()
+    path = token_file or Path(".textrec/serve/key_file.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no token file (pass --token-file or set TEXTREC_TOKEN)")
+    text = path.read_text().strip()
+    try:
+        return json.loads(text)["inference"]["key"]
+    except (ValueError, KeyError, TypeError):
+        return text  # a plain token file, e.g. a mounted Kubernetes Secret
+
+
+def _predict_endpoint(a: argparse.Namespace) -> None:
+    import urllib.error
+    import urllib.request
+
+    token = _endpoint_token(a.token_file)
+    url = a.endpoint.rstrip("/") + f"/predictions/{a.model_name}"
+    for image in a.images:
+        req = urllib.request.Request(url, data=image.read_bytes(), method="POST", headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                answer = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{image}: {url} answered {e.code}: {e.read().decode(errors='replace')[:300]}") from e
+        except urllib.error.URLError as e:
+            raise RuntimeError(f"{url}: cannot reach the endpoint ({e.reason})") from e
+        print(f"{answer['text']}\t{answer['confidence']:.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="textrec", description="Handwritten text recognition.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -68,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fonts-dir", type=Path, action="append", default=[],
                    help="extra folder of .ttf/.otf handwriting fonts (repeatable)")
-    s.add_argument("--corpus", type=Path, default=None, help="text file to draw lines from")
+    s.add_argument("--corpus", type=Path, default=None,
+                   help="text file, or a line store (.h5) whose train transcriptions to reuse")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.set_defaults(func=_data_synth)
 
@@ -104,11 +182,49 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("store", type=Path)
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(func=_data_info)
+
+    t = sub.add_parser("train", help="train a model: --config FILE --out DIR [--section.key=value ...]")
+    t.add_argument("--config", type=Path, default=None, help="YAML recipe (configs/cpu.yaml, ...)")
+    t.add_argument("--out", type=Path, required=True, help="run folder: model.pt, metrics.json, checkpoints/")
+    t.add_argument("--resume", default=None,
+                   help="'auto' (OUT/checkpoints/last.pt if present) or a checkpoint path")
+    t.set_defaults(func=_train, accepts_overrides=True)
+
+    ev = sub.add_parser("evaluate", help="score a model on labelled lines (CER, WER, HTML report)")
+    ev.add_argument("--model", required=True, help="model.pt, a run folder, or an s3:// URI")
+    src = ev.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", default=None, help="line store (.h5 path or s3:// URI)")
+    src.add_argument("--labels", type=Path, default=None, help="TSV of 'image path<TAB>transcription' rows")
+    src.add_argument("--iam-lines", type=Path, default=None, help="folder in the IAM lines layout")
+    ev.add_argument("--split", default="test", help="split of --data (default: test)")
+    ev.add_argument("--limit", type=int, default=None, help="score at most this many lines of --data")
+    ev.add_argument("--json", action="store_true", help="print one JSON object: cer, wer, n")
+    ev.add_argument("--report", type=Path, default=None, help="write report.html and report.json here")
+    ev.add_argument("--worst", type=int, default=20, help="lines shown in the report")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.set_defaults(func=_evaluate)
+
+    pr = sub.add_parser("predict", help="read line images: prints text<TAB>confidence per image")
+    where = pr.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", help="model.pt, a run folder, or an s3:// URI")
+    where.add_argument("--endpoint", help="a TorchServe URL, e.g. http://127.0.0.1:8080 (see `make serve`)")
+    pr.add_argument("--token-file", type=Path, default=None,
+                    help="with --endpoint: key_file.json or a token file (default: TEXTREC_TOKEN, "
+                         "else .textrec/serve/key_file.json)")
+    pr.add_argument("--model-name", default="textrec-line", help="with --endpoint: the served model")
+    pr.add_argument("images", type=Path, nargs="+", help="line image files")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.set_defaults(func=_predict)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Unknown --section.key=value options are config overrides, for the commands that take them.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         args.func(args)
     except (OSError, ValueError, RuntimeError, KeyError) as e:

@@ -1,0 +1,151 @@
+"""`textrec train`, `textrec evaluate` and `textrec predict`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from textrec.artifact import save_artifact
+from textrec.charset import DEFAULT_CHARSET
+from textrec.cli import main
+from textrec.data.store import LineWriter
+from textrec.models import create_model
+from textrec.stem import LineStem, StemConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(channels=(8, 16, 24, 32), blocks=(1, 1, 1), features=32, lstm_hidden=16, lstm_layers=1)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("line_cnn_lstm", num_classes=DEFAULT_CHARSET.num_classes, height=32, **TINY)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_artifact(path, model, charset=DEFAULT_CHARSET, stem=LineStem(StemConfig(height=32)))
+    return path
+
+
+def line_image(width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((40, width), 230, np.uint8)
+    for x in range(4, width - 10, 12):
+        img[10 + rng.integers(0, 5):30, x:x + 3 + rng.integers(0, 4)] = rng.integers(0, 70)
+    return img
+
+
+@pytest.fixture
+def images(tmp_path) -> list[Path]:
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"line{i}.png"
+        Image.fromarray(line_image(120 + 50 * i, i)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_predict_prints_text_tab_confidence_per_image(model_path, images, capsys):
+    assert main(["predict", "--model", str(model_path), *map(str, images)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        text, conf = line.rsplit("\t", 1)
+        assert "\t" not in text and 0.0 <= float(conf) <= 1.0
+
+
+def test_predict_through_the_installed_command(model_path, images):
+    textrec = Path(sys.executable).parent / "textrec"
+    done = subprocess.run([str(textrec), "predict", "--model", str(model_path), str(images[0])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1 and "\t" in done.stdout
+
+
+def test_predict_names_a_missing_image(model_path, tmp_path, capsys):
+    assert main(["predict", "--model", str(model_path), str(tmp_path / "gone.png")]) == 1
+    assert "gone.png: no such image file" in capsys.readouterr().err
+
+
+def test_predict_names_an_unreadable_image(model_path, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["predict", "--model", str(model_path), str(bad)]) == 1
+    assert "bad.png: not an image" in capsys.readouterr().err
+
+
+def test_predict_names_a_missing_model(tmp_path, images, capsys):
+    assert main(["predict", "--model", str(tmp_path / "none.pt"), str(images[0])]) == 1
+    assert "none.pt" in capsys.readouterr().err
+
+
+def test_evaluate_tsv_json_has_exactly_cer_wer_n(model_path, images, tmp_path, capsys):
+    tsv = tmp_path / "labels.tsv"
+    tsv.write_text("".join(f"{p.name}\tline number {i}\n" for i, p in enumerate(images)))
+    assert main(["evaluate", "--model", str(model_path), "--labels", str(tsv), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"cer", "wer", "n"} and data["n"] == 3 and data["cer"] >= 0
+
+
+def test_evaluate_iam_lines_writes_a_report(model_path, tmp_path, capsys):
+    root = tmp_path / "iam"
+    (root / "lines.txt").parent.mkdir(parents=True)
+    (root / "lines.txt").write_text("a01-000u-00 ok 154 19 408 746 1661 89 A|MOVE|to|stop\n")
+    img = root / "lines" / "a01" / "a01-000u" / "a01-000u-00.png"
+    img.parent.mkdir(parents=True)
+    Image.fromarray(line_image(300, 0)).save(img)
+    assert main(["evaluate", "--model", str(model_path), "--iam-lines", str(root), "--report",
+                 str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "1 lines, CER" in out and (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_evaluate_a_store_split(model_path, tmp_path, capsys):
+    path = tmp_path / "lines.h5"
+    with LineWriter(path) as w:
+        for i in range(4):
+            w.add(line_image(100, i), f"text {i}", split=["train", "val", "test", "test"][i], source="unit")
+    assert main(["evaluate", "--model", str(model_path), "--data", str(path), "--split", "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 2
+
+
+def test_evaluate_bad_tsv_row_is_reported(model_path, tmp_path, capsys):
+    tsv = tmp_path / "labels.tsv"
+    tsv.write_text("no tab on this row\n")
+    assert main(["evaluate", "--model", str(model_path), "--labels", str(tsv)]) == 1
+    assert "labels.tsv, row 1" in capsys.readouterr().err
+
+
+def test_evaluate_needs_exactly_one_source(model_path):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", str(model_path)])
+
+
+def test_train_with_dotted_overrides(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out),
+            f"--data.cache_dir={tmp_path / 'cache'}", "--data.train_lines=32", "--data.val_lines=4",
+            "--data.test_lines=4", "--data.unseen_font_lines=4", "--loop.epochs=1", "--model.options.lstm_hidden=8"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "test_cer" in printed and "model.pt" in printed
+    info = torch.load(out / "model.pt", weights_only=True)
+    assert info["model_config"]["lstm_hidden"] == 8 and info["metrics"]["epochs"] == 1
+    assert (out / "metrics.json").is_file()
+
+
+def test_train_unknown_override_names_the_key(tmp_path, capsys):
+    argv = ["train", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", str(tmp_path), "--loop.epoch=3"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "loop.epoch" in err and "epochs" in err
+
+
+def test_other_commands_still_refuse_unknown_options():
+    with pytest.raises(SystemExit):
+        main(["data", "info", "x.h5", "--loop.epochs=3"])

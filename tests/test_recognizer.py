@@ -1,0 +1,182 @@
+"""The model artifact and the Recognizer: loading, batching, image decoding and bad input."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from textrec.artifact import ArtifactError, load_artifact, read_artifact, save_artifact
+from textrec.charset import DEFAULT_CHARSET
+from textrec.models import create_model
+from textrec.recognizer import ImageError, Recognizer, decode_image, read_image
+from textrec.stem import LineStem, StemConfig
+
+TINY = dict(channels=(8, 16, 24, 32), blocks=(1, 1, 1), features=32, lstm_hidden=16, lstm_layers=1)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("line_cnn_lstm", num_classes=DEFAULT_CHARSET.num_classes, height=32, **TINY)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_artifact(path, model, charset=DEFAULT_CHARSET, stem=LineStem(StemConfig(height=32)),
+                  decoder={"kind": "greedy"}, lm=None, metrics={"test_cer": 0.5})
+    return path
+
+
+def line_image(width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((48, width), 235, np.uint8)
+    for x in range(6, width - 12, 14):
+        img[12 + rng.integers(0, 6):36, x:x + 3 + rng.integers(0, 5)] = rng.integers(0, 60)
+    return img
+
+
+def png(image: np.ndarray | Image.Image, mode: str | None = None) -> bytes:
+    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    (im.convert(mode) if mode else im).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --- the artifact ----------------------------------------------------------------------------------
+
+
+def test_artifact_loads_with_weights_only_and_rebuilds_the_model(model_path):
+    raw = torch.load(model_path, weights_only=True)
+    assert raw["format"] == "textrec-model" and raw["version"] == 1
+    assert raw["model_name"] == "line_cnn_lstm" and raw["model_config"]["lstm_hidden"] == 16
+    assert raw["num_classes"] == 80 and raw["height"] == 32 and raw["stem"]["height"] == 32
+    assert raw["decoder"] == {"kind": "greedy", "beam": 10, "lm_weight": 0.0} and raw["lm"] is None
+    assert raw["created"].startswith("20")
+    model, info = load_artifact(model_path)
+    assert "state_dict" not in info and info["metrics"] == {"test_cer": 0.5}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, raw["state_dict"][k])
+
+
+def test_artifact_is_written_readable_by_others(model_path):
+    assert model_path.stat().st_mode & 0o044 == 0o044
+
+
+def test_a_run_folder_stands_for_its_model(model_path):
+    assert Recognizer.load(model_path.parent).info["model_name"] == "line_cnn_lstm"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no model artifact"),
+    (b"garbage", "not a readable textrec model artifact"),
+    ({"format": "something-else"}, "not a textrec model artifact"),
+    ({"format": "textrec-model", "version": 99}, "artifact version 99"),
+    ({"format": "textrec-model", "version": 1, "model_name": "x"}, "lacks model_config"),
+])
+def test_bad_artifacts_are_named(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(ArtifactError, match=message) as e:
+        read_artifact(path)
+    assert str(path) in str(e.value)
+
+
+def test_an_unknown_decoder_kind_is_refused(tmp_path):
+    model = create_model("line_cnn_lstm", num_classes=80, height=32, **TINY)
+    with pytest.raises(ValueError, match="decoder kind"):
+        save_artifact(tmp_path / "m.pt", model, charset=DEFAULT_CHARSET, stem=LineStem(),
+                      decoder={"kind": "psychic"})
+    assert not (tmp_path / "m.pt").exists()
+
+
+# --- recognising ------------------------------------------------------------------------------------
+
+
+def test_batched_results_come_back_in_input_order_and_match_single_lines(model_path, tmp_path):
+    rec = Recognizer.load(model_path)
+    images = [line_image(w, s) for s, w in enumerate([300, 120, 520, 90, 260])]
+    file = tmp_path / "line.png"
+    file.write_bytes(png(images[2]))
+    inputs = [images[0], Image.fromarray(images[1]), file, png(images[3]), str(file), images[4]]
+    batched = rec.recognise(inputs, batch_size=4)
+    singles = [rec.recognise([x])[0] for x in inputs]
+    assert [r.text for r in batched] == [r.text for r in singles]
+    for r, s in zip(batched, singles, strict=True):
+        assert r.confidence == pytest.approx(s.confidence, abs=1e-4)
+        assert 0.0 <= r.confidence <= 1.0
+    assert batched[2].text == batched[4].text  # the same file by Path and by str
+    assert rec.recognise([]) == []
+
+
+def test_recognizer_exposes_charset_stem_and_info(model_path):
+    rec = Recognizer.load(model_path)
+    assert rec.charset == DEFAULT_CHARSET and rec.stem.config.height == 32
+    assert rec.info["decoder"]["kind"] == "greedy" and "state_dict" not in rec.info
+    assert tuple(rec.preprocess(line_image(200, 0)).shape[:2]) == (1, 32)
+
+
+def test_recognizer_rejects_inputs_of_unknown_type(model_path):
+    with pytest.raises(TypeError, match="image 0: expected an array, PIL image, path or bytes"):
+        Recognizer.load(model_path).recognise([12345])
+
+
+def test_missing_image_file_is_named(model_path, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png: no such image file"):
+        Recognizer.load(model_path).recognise([tmp_path / "nope.png"])
+
+
+# --- decoding image bytes --------------------------------------------------------------------------------
+
+
+def test_decode_image_reads_common_modes_as_dark_ink_on_light_paper():
+    img = line_image(80, 1)
+    assert np.array_equal(decode_image(png(img)), img)
+    rgb = decode_image(png(Image.fromarray(img).convert("RGB")))
+    assert np.abs(rgb.astype(int) - img).max() <= 1
+    sixteen = Image.fromarray(img.astype(np.uint16) * 257)
+    assert np.abs(decode_image(png(sixteen)).astype(int) - img).max() <= 1
+
+
+def test_transparent_background_becomes_paper():
+    rgba = np.zeros((20, 30, 4), np.uint8)  # transparent black everywhere...
+    rgba[5:15, 5:25] = (0, 0, 0, 255)  # ...except opaque black ink
+    grey = decode_image(png(Image.fromarray(rgba, "RGBA")))
+    assert grey[0, 0] == 255 and grey[10, 10] == 0
+
+
+def _float_tiff() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ones((8, 8), np.float32)).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty input"),
+    (b"this is not an image at all", "not an image"),
+    (png(np.full((40, 200), 200, np.uint8))[:60], "truncated"),
+    (_float_tiff(), "unsupported image mode 'F'"),
+])
+def test_decode_image_errors_name_the_input_and_the_problem(data, message):
+    with pytest.raises(ImageError, match=message) as e:
+        decode_image(data, name="upload.png")
+    assert "upload.png" in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_decode_image_refuses_too_many_pixels_before_decoding():
+    data = png(np.full((100, 200), 255, np.uint8))
+    with pytest.raises(ImageError, match="20000 pixels is more than the limit of 10000"):
+        decode_image(data, max_pixels=10_000)
+    assert decode_image(data, max_pixels=20_000).shape == (100, 200)
+
+
+def test_read_image_names_unreadable_files(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ImageError, match="bad.png"):
+        read_image(bad)

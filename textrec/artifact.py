@@ -1,0 +1,165 @@
+"""The model artifact ``model.pt``: everything needed to turn an image into text, in one file.
+
+A torch-saved dict of tensors and plain Python values only, so it loads with
+``torch.load(..., weights_only=True)`` and never runs code from the file::
+
+    {"format": "textrec-model", "version": 1,
+     "model_name", "model_config": dict, "num_classes", "height", "state_dict",
+     "charset": str, "stem": dict, "decoder": {"kind": "greedy"|"beam", "beam", "lm_weight"},
+     "lm": dict | None, "metrics": dict, "created": ISO time}
+
+Training writes it; :class:`textrec.recognizer.Recognizer`, evaluation and serving read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from textrec.charset import Charset
+
+ARTIFACT_FORMAT = "textrec-model"
+ARTIFACT_VERSION = 1
+DECODER_KINDS = ("greedy", "beam")
+REQUIRED_KEYS = ("model_name", "model_config", "num_classes", "height", "state_dict", "charset", "stem",
+                 "decoder")
+
+
+class ArtifactError(RuntimeError):
+    """A model artifact is missing, unreadable or malformed; the message names the file."""
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Write to a temporary file beside ``path`` and rename it over ``path`` only on success.
+
+    Readers never see a half-written file, and a crash leaves the previous version in place. The file
+    gets the usual permissions for new files (0666 less the umask), not mkstemp's private 0600, so a
+    server running as another user can read a model.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses and objects with ``to_dict`` -> plain dicts (what weights_only loading accepts)."""
+    if value is None:
+        return None
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def check_decoder(decoder: dict[str, Any] | None) -> dict[str, Any]:
+    d = {"kind": "greedy", "beam": 10, "lm_weight": 0.0, **(decoder or {})}
+    if d["kind"] not in DECODER_KINDS:
+        raise ValueError(f"decoder kind must be one of {DECODER_KINDS}, got {d['kind']!r}")
+    return {"kind": str(d["kind"]), "beam": int(d["beam"]), "lm_weight": float(d["lm_weight"])}
+
+
+def artifact_dict(model: torch.nn.Module, *, charset: Charset, stem: Any, decoder: dict[str, Any] | None = None,
+                  lm: Any = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The artifact as a dict (what :func:`save_artifact` writes)."""
+    num_classes = int(model.num_classes)
+    if num_classes < charset.num_classes:
+        raise ValueError(f"model has {num_classes} output classes but the charset needs {charset.num_classes}")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {
+        "format": ARTIFACT_FORMAT,
+        "version": ARTIFACT_VERSION,
+        "model_name": str(model.name),
+        "model_config": _plain(model.config),
+        "num_classes": num_classes,
+        "height": int(model.height),
+        "state_dict": state,
+        "charset": charset.chars,
+        "stem": _plain(stem),
+        "decoder": check_decoder(decoder),
+        "lm": _plain(lm),
+        "metrics": _plain(metrics or {}),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def save_artifact(path: str | os.PathLike, model: torch.nn.Module, *, charset: Charset, stem: Any,
+                  decoder: dict[str, Any] | None = None, lm: Any = None,
+                  metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``model.pt`` atomically. ``stem`` and ``lm`` may be objects with ``to_dict`` or dicts."""
+    data = artifact_dict(model, charset=charset, stem=stem, decoder=decoder, lm=lm, metrics=metrics)
+    with atomic_open(path, "wb") as f:
+        torch.save(data, f)
+    return Path(path)
+
+
+def read_artifact(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw artifact dict, checked; ``path`` may be a local path or an s3:// URI."""
+    from textrec import storage
+
+    try:
+        with storage.local_path(path) as local:
+            if local.is_dir():
+                local = local / "model.pt"
+            if not local.is_file():
+                raise ArtifactError(f"{path}: no model artifact (expected a model.pt file)")
+            data = torch.load(local, map_location=map_location, weights_only=True)
+    except storage.StorageError as e:
+        raise ArtifactError(f"{path}: no model artifact ({e})") from e
+    except ArtifactError:
+        raise
+    except Exception as e:  # torch raises several types for foreign or truncated files
+        raise ArtifactError(f"{path}: not a readable textrec model artifact ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"{path}: not a textrec model artifact (format "
+                            f"{data.get('format') if isinstance(data, dict) else type(data).__name__!r})")
+    if data.get("version") != ARTIFACT_VERSION:
+        raise ArtifactError(f"{path}: artifact version {data.get('version')}, this textrec reads {ARTIFACT_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ArtifactError(f"{path}: model artifact lacks {', '.join(missing)}")
+    return data
+
+
+def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                  ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(model in eval mode, the artifact's other entries)."""
+    from textrec.models import create_model
+
+    data = read_artifact(path, map_location)
+    info = {k: v for k, v in data.items() if k != "state_dict"}
+    model = create_model(data["model_name"], num_classes=int(data["num_classes"]), height=int(data["height"]),
+                         **dict(data["model_config"]))
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as e:
+        raise ArtifactError(f"{path}: weights do not fit model {data['model_name']!r} ({e})") from e
+    model.to(map_location).eval()
+    return model, info

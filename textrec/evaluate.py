@@ -1,0 +1,283 @@
+"""Score a model on labelled lines and show where it fails.
+
+Sources of labelled lines: a line store split, a TSV file (``image path<TAB>transcription`` per
+row, paths relative to the TSV's folder), or a folder in the IAM lines layout (``lines.txt`` or
+``ascii/lines.txt`` next to ``lines/a01/a01-000u/a01-000u-00.png``). :func:`write_report` writes an
+HTML page (the worst lines as image, truth and prediction, plus a CER summary) and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from textrec.artifact import atomic_open
+from textrec.metrics import cer as cer_score
+from textrec.metrics import line_cer
+from textrec.metrics import wer as wer_score
+from textrec.recognizer import Recognizer, read_image
+
+Sample = tuple[np.ndarray, str] | tuple[np.ndarray, str, str]  # (image, truth[, name])
+CER_BINS = (0.0, 0.05, 0.10, 0.25, 0.5)
+
+
+class EvalDataError(ValueError):
+    """Labelled data that cannot be read: the message names the file and row."""
+
+
+@dataclass
+class EvalRow:
+    truth: str
+    prediction: str
+    confidence: float
+    cer: float
+    image: np.ndarray | None = None  # kept only for the worst rows (see ``keep_images``)
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "truth": self.truth, "prediction": self.prediction,
+                "confidence": round(float(self.confidence), 5), "cer": round(float(self.cer), 5)}
+
+
+@dataclass
+class EvalReport:
+    cer: float
+    wer: float
+    n: int
+    rows: list[EvalRow] = field(default_factory=list)
+    source: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """CER, WER, n and how the lines spread over CER bins."""
+        per_line = np.array([r.cer for r in self.rows], dtype=np.float64)
+        bins = {"0 (exact)": int((per_line == 0).sum())}
+        edges = [*CER_BINS, np.inf]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            label = f"({lo:.0%}, {hi:.0%}]" if np.isfinite(hi) else f"> {lo:.0%}"
+            bins[label] = int(((per_line > lo) & (per_line <= hi)).sum())
+        return {"cer": self.cer, "wer": self.wer, "n": self.n, "source": self.source, "cer_bins": bins,
+                "mean_confidence": float(np.mean([r.confidence for r in self.rows])) if self.rows else 0.0}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "model": self.model, "rows": [r.to_dict() for r in self.rows]}
+
+
+def _as_recognizer(model: Recognizer | str | os.PathLike) -> Recognizer:
+    return model if isinstance(model, Recognizer) else Recognizer.load(model)
+
+
+def _chunks(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    chunk: list[Sample] = []
+    for s in samples:
+        chunk.append(s)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def evaluate(recognizer: Recognizer | str | os.PathLike, samples: Iterable[Sample], *, batch_size: int = 16,
+             keep_images: int = 100, source: str = "") -> EvalReport:
+    """Recognise every (image, truth[, name]) and score it. CER/WER are corpus-level (summed edits over
+    summed reference length). Images are kept for the ``keep_images`` worst lines only, so memory stays
+    flat on big sets."""
+    rec = _as_recognizer(recognizer)
+    rows: list[EvalRow] = []
+    for chunk in _chunks(samples, 256):
+        tensors = [rec.preprocess(s[0], s[2] if len(s) > 2 else f"line {len(rows) + j}")
+                   for j, s in enumerate(chunk)]
+        results = rec.recognise_tensors(tensors, batch_size)
+        for s, r in zip(chunk, results, strict=True):
+            truth = rec.charset.normalise(s[1])
+            rows.append(EvalRow(truth, r.text, float(r.confidence), line_cer(r.text, truth),
+                                np.asarray(s[0]) if isinstance(s[0], np.ndarray) else None,
+                                s[2] if len(s) > 2 else f"line {len(rows)}"))
+        _drop_images(rows, keep_images)
+    if not rows:
+        raise EvalDataError(f"{source or 'evaluation'}: no labelled lines to evaluate")
+    preds, truths = [r.prediction for r in rows], [r.truth for r in rows]
+    info = {k: v for k, v in rec.info.items() if k in ("model_name", "created", "decoder", "metrics")}
+    return EvalReport(cer_score(preds, truths), wer_score(preds, truths), len(rows), rows, source, info)
+
+
+def _drop_images(rows: list[EvalRow], keep: int) -> None:
+    with_images = [r for r in rows if r.image is not None]
+    if len(with_images) <= keep:
+        return
+    for r in sorted(with_images, key=lambda r: r.cer, reverse=True)[keep:]:
+        r.image = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Labelled data sources
+
+
+def store_samples(store_path: str | os.PathLike, split: str = "test", limit: int | None = None
+                  ) -> Iterator[Sample]:
+    from textrec.data.store import LineStore
+
+    store = LineStore(store_path)
+    idx = store.indices(split)  # KeyError naming the store and its splits
+    if len(idx) == 0:
+        raise EvalDataError(f"{store_path}: split {split!r} has no lines; line counts by split: "
+                            f"{store.info()['splits']}")
+    for i in idx[:limit]:
+        yield store.image(int(i)), store.text(int(i)), f"{split}/{int(i)}"
+
+
+def evaluate_store(model: Recognizer | str | os.PathLike, store_path: str | os.PathLike, split: str = "test",
+                   *, limit: int | None = None, **kwargs: Any) -> EvalReport:
+    """Score one split of a line store (a path or an s3:// URI)."""
+    from textrec import storage
+
+    with storage.local_path(store_path) as local:
+        return evaluate(model, store_samples(local, split, limit), source=f"{store_path}:{split}", **kwargs)
+
+
+def tsv_rows(tsv_path: str | os.PathLike) -> list[tuple[Path, str, str]]:
+    """(image path, truth, row name) from ``path<TAB>text`` rows; blank lines and ``#`` comments skipped."""
+    tsv = Path(tsv_path)
+    if not tsv.is_file():
+        raise FileNotFoundError(f"{tsv}: no such labels file")
+    try:
+        text = tsv.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise EvalDataError(f"{tsv}: not UTF-8 text ({e})") from e
+    rows: list[tuple[Path, str, str]] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if "\t" not in line:
+            raise EvalDataError(f"{tsv}, row {n}: expected 'image path<TAB>transcription', found no tab "
+                                f"in {line[:80]!r}")
+        name, truth = line.split("\t", 1)
+        if not name.strip():
+            raise EvalDataError(f"{tsv}, row {n}: empty image path")
+        path = (tsv.parent / name.strip()).resolve() if not os.path.isabs(name.strip()) else Path(name.strip())
+        if not path.is_file():
+            raise EvalDataError(f"{tsv}, row {n}: image {name.strip()!r} not found (looked for {path})")
+        rows.append((path, truth, name.strip()))
+    if not rows:
+        raise EvalDataError(f"{tsv}: no labelled rows (expected 'image path<TAB>transcription' lines)")
+    return rows
+
+
+def _read_rows(rows: list[tuple[Path, str, str]], where: str) -> Iterator[Sample]:
+    for path, truth, name in rows:
+        try:
+            image = read_image(path)
+        except ValueError as e:
+            raise EvalDataError(f"{where}: {e}") from e
+        yield image, truth, name
+
+
+def evaluate_tsv(model: Recognizer | str | os.PathLike, tsv_path: str | os.PathLike, **kwargs: Any
+                 ) -> EvalReport:
+    """Score the images listed in a TSV of ``image path<TAB>transcription`` rows."""
+    rows = tsv_rows(tsv_path)
+    return evaluate(model, _read_rows(rows, str(tsv_path)), source=str(tsv_path), **kwargs)
+
+
+def iam_rows(folder: str | os.PathLike, *, ok_only: bool = False) -> list[tuple[Path, str, str]]:
+    """(image, truth, line id) from an IAM lines folder: ``lines.txt`` (or ``ascii/lines.txt``) with rows
+    ``a01-000u-00 ok 154 19 408 746 1661 89 A|MOVE|to|stop`` and images ``lines/a01/a01-000u/<id>.png``."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder (expected an IAM lines folder)")
+    listing = next((p for p in (root / "lines.txt", root / "ascii" / "lines.txt") if p.is_file()), None)
+    if listing is None:
+        raise EvalDataError(f"{root}: no lines.txt or ascii/lines.txt (the IAM line transcriptions)")
+    rows: list[tuple[Path, str, str]] = []
+    for n, line in enumerate(listing.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split(" ", 8)
+        if len(parts) < 9:
+            raise EvalDataError(f"{listing}, row {n}: expected 9 space-separated fields "
+                                f"(id, status, grey level, components, x, y, w, h, text), got {len(parts)}")
+        line_id, status, text = parts[0], parts[1], parts[8]
+        if ok_only and status != "ok":
+            continue
+        pieces = line_id.split("-")
+        if len(pieces) < 3:
+            raise EvalDataError(f"{listing}, row {n}: line id {line_id!r} is not like a01-000u-00")
+        image = root / "lines" / pieces[0] / f"{pieces[0]}-{pieces[1]}" / f"{line_id}.png"
+        if not image.is_file():
+            raise EvalDataError(f"{listing}, row {n}: image for {line_id} not found (looked for {image})")
+        rows.append((image, text.replace("|", " "), line_id))
+    if not rows:
+        raise EvalDataError(f"{listing}: no line rows")
+    return rows
+
+
+def evaluate_iam_lines(model: Recognizer | str | os.PathLike, folder: str | os.PathLike, *,
+                       ok_only: bool = False, **kwargs: Any) -> EvalReport:
+    """Score an IAM-layout lines folder."""
+    rows = iam_rows(folder, ok_only=ok_only)
+    return evaluate(model, _read_rows(rows, str(folder)), source=str(folder), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Report
+
+
+def _png_base64(image: np.ndarray, max_width: int = 900) -> str:
+    im = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    if im.width > max_width:
+        im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(text.encode("utf-8"))
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-align:top}
+.mono{font-family:ui-monospace,monospace;white-space:pre-wrap}img{max-width:900px;border:1px solid #eee}
+.bad{color:#b00}.num{text-align:right}"""
+
+
+def render_html(report: EvalReport, worst: int = 20) -> str:
+    s = report.summary()
+    e = html.escape
+    bins = "".join(f"<tr><td>{e(k)}</td><td class=num>{v}</td></tr>" for k, v in s["cer_bins"].items())
+    rows = []
+    for r in sorted(report.rows, key=lambda r: r.cer, reverse=True)[:worst]:
+        img = (f'<img alt="{e(r.name)}" src="data:image/png;base64,{_png_base64(r.image)}">'
+               if r.image is not None else "<em>image not kept</em>")
+        rows.append(f"<tr><td>{e(r.name)}<br>CER {r.cer:.1%}<br>conf {r.confidence:.2f}</td><td>{img}"
+                    f"<div class=mono>truth: {e(r.truth)}</div><div class='mono bad'>pred:&nbsp; "
+                    f"{e(r.prediction)}</div></td></tr>")
+    model = e(json.dumps(report.model.get("decoder", {})))
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>textrec evaluation</title>"
+            f"<style>{_STYLE}</style></head><body><h1>Evaluation: {e(report.source or 'lines')}</h1>"
+            f"<p>{report.n} lines &middot; CER <b>{report.cer:.2%}</b> &middot; WER <b>{report.wer:.2%}</b>"
+            f" &middot; mean confidence {s['mean_confidence']:.3f} &middot; model "
+            f"{e(str(report.model.get('model_name', '')))} decoder {model}</p>"
+            f"<h2>Lines by CER</h2><table><tr><th>CER</th><th>lines</th></tr>{bins}</table>"
+            f"<h2>The {min(worst, report.n)} worst lines</h2><table>{''.join(rows)}</table></body></html>")
+
+
+def write_report(report: EvalReport, out_dir: str | os.PathLike, worst: int = 20) -> Path:
+    """Write ``out_dir/report.html`` (worst lines with images, CER summary) and ``out_dir/report.json``."""
+    out = Path(out_dir)
+    _atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=2))
+    path = out / "report.html"
+    _atomic_write(path, render_html(report, worst))
+    return path

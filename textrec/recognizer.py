@@ -1,0 +1,160 @@
+"""Load a model artifact and read lines: image(s) in, text and confidence out.
+
+Prediction, evaluation and the TorchServe handler all go through :class:`Recognizer`, so they share
+the artifact's stem (the same preprocessing the model was trained with) and its chosen decoder.
+
+    rec = Recognizer.load("runs/cpu/model.pt")            # or s3://bucket/models/model.pt
+    [r.text for r in rec.recognise(["line1.png", "line2.png"])]
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from textrec.charset import Charset
+from textrec.stem import LineStem
+
+DEFAULT_MAX_PIXELS = 10_000_000
+_COLOUR_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "RGBa", "La", "CMYK", "YCbCr", "LAB", "HSV"}
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}  # integer grey: scaled to 8 bits
+
+ImageInput = np.ndarray | Image.Image | str | os.PathLike | bytes
+
+
+class ImageError(ValueError):
+    """Bytes that are not a usable line image: not an image, empty, truncated, too large, odd mode."""
+
+
+def _to_gray(im: Image.Image, name: str) -> np.ndarray:
+    """Any supported PIL image -> (H, W) uint8, dark ink on light paper."""
+    mode = im.mode
+    if mode in _WIDE_MODES:
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or (a.size and a.max() > 255) else 255.0
+        return np.clip(a / top * 255.0, 0, 255).round().astype(np.uint8)
+    if mode not in _COLOUR_MODES:
+        # e.g. "F" (32-bit float): no agreed grey scale, so refuse rather than guess
+        raise ImageError(f"{name}: unsupported image mode {mode!r}; expected grey, colour or 8/16-bit "
+                         "integer pixels")
+    if "A" in mode or "a" in mode or (mode == "P" and "transparency" in im.info):
+        # Transparent pixels are paper: composite onto white before dropping alpha.
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def decode_image(data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes (PNG, JPEG, TIFF, ...) -> (H, W) uint8 grayscale.
+
+    Raises :class:`ImageError` naming ``name`` for empty, non-image, truncated or oversized input
+    and for modes that have no grayscale meaning.
+    """
+    if not data:
+        raise ImageError(f"{name}: empty input (0 bytes), expected an encoded image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageError(f"{name}: {w}x{h} = {w * h} pixels is more than the limit of {max_pixels}")
+            if w == 0 or h == 0:
+                raise ImageError(f"{name}: image has no pixels ({w}x{h})")
+            im.load()  # decodes now, so truncated files fail here rather than later
+    except ImageError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not an image (cannot identify the format of {len(data)} bytes)") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name}: too many pixels ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name}: unreadable or truncated image ({e})") from e
+    return _to_gray(im, name)
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A line image file -> (H, W) uint8; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such image file")
+    return decode_image(p.read_bytes(), name=str(p), max_pixels=max_pixels)
+
+
+def pad_images(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, H, W_i) tensors -> zero-padded (B, 1, H, Wmax) batch and (B,) widths."""
+    widths = [t.shape[-1] for t in tensors]
+    out = torch.zeros(len(tensors), 1, tensors[0].shape[-2], max(widths))
+    for j, t in enumerate(tensors):
+        out[j, :, :, : t.shape[-1]] = t
+    return out, torch.tensor(widths, dtype=torch.long)
+
+
+class Recognizer:
+    """A model artifact, ready to read lines."""
+
+    def __init__(self, model: torch.nn.Module, info: dict[str, Any], *, device: str | torch.device = "cpu",
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        from textrec.decoding import CharNgramLM
+
+        self.model = model.to(device).eval()
+        self.info = info
+        self.device = torch.device(device)
+        self.max_pixels = max_pixels
+        self.charset = Charset(info["charset"])
+        self.stem = LineStem.from_dict(info["stem"])
+        self.decoder: dict[str, Any] = dict(info.get("decoder") or {"kind": "greedy"})
+        self.lm = CharNgramLM.from_dict(info["lm"]) if info.get("lm") else None
+
+    @classmethod
+    def load(cls, path_or_uri: str | os.PathLike, *, device: str | torch.device = "cpu",
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Recognizer:
+        """From a ``model.pt`` path, a run folder holding one, or an s3:// URI."""
+        from textrec.artifact import load_artifact
+
+        model, info = load_artifact(path_or_uri, map_location="cpu")
+        return cls(model, info, device=device, max_pixels=max_pixels)
+
+    def to_array(self, image: ImageInput, name: str = "image") -> np.ndarray | Image.Image:
+        """Paths and bytes are decoded here; arrays and PIL images go to the stem as they are."""
+        if isinstance(image, bytes | bytearray):
+            return decode_image(bytes(image), name=name, max_pixels=self.max_pixels)
+        if isinstance(image, str | os.PathLike):
+            return read_image(image, max_pixels=self.max_pixels)
+        if isinstance(image, np.ndarray | Image.Image):
+            return image
+        raise TypeError(f"{name}: expected an array, PIL image, path or bytes, got {type(image).__name__}")
+
+    def preprocess(self, image: ImageInput, name: str = "image") -> torch.Tensor:
+        return self.stem(self.to_array(image, name))
+
+    @torch.inference_mode()
+    def recognise_tensors(self, tensors: Sequence[torch.Tensor], batch_size: int = 16) -> list:
+        """Stem outputs -> Recognitions, batched by width, returned in input order."""
+        order = sorted(range(len(tensors)), key=lambda i: tensors[i].shape[-1])
+        out: list = [None] * len(tensors)
+        kind = self.decoder.get("kind", "greedy")
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            images, widths = pad_images([tensors[i] for i in idx])
+            results = self.model.recognise(images.to(self.device), widths.to(self.device), decoder=kind,
+                                           beam=int(self.decoder.get("beam", 10)), lm=self.lm,
+                                           lm_weight=float(self.decoder.get("lm_weight", 0.0)))
+            for i, r in zip(idx, results, strict=True):
+                out[i] = r
+        return out
+
+    def recognise(self, images: Sequence[ImageInput], batch_size: int = 16) -> list:
+        """Read each line image; results come back in the order of ``images``."""
+        names = [str(im) if isinstance(im, str | os.PathLike) else f"image {i}" for i, im in enumerate(images)]
+        tensors = [self.preprocess(im, name) for im, name in zip(images, names, strict=True)]
+        return self.recognise_tensors(tensors, batch_size)

@@ -1,0 +1,132 @@
+"""What a training run is made of: one frozen dataclass per part, composed into :class:`TrainConfig`.
+
+Each default is written once, here. ``configs/*.yaml`` only override them, and so do the dotted
+command-line overrides (``--loop.epochs=3``, ``--model.options.hidden=256``); see :mod:`textrec.config`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from textrec import config as configlib
+from textrec.stem import StemConfig
+
+DATA_MODES = ("pool", "online", "store")
+SCHEDULES = ("onecycle", "cosine", "constant")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where lines come from.
+
+    ``mode``: ``store`` reads the line stores in ``stores`` (paths or s3:// URIs); ``pool`` renders
+    ``train_lines`` synthetic lines once, with all cores, into a store under the run's cache folder and
+    trains on it for several epochs with on-the-fly augmentation; ``online`` renders every training line
+    afresh in the DataLoader workers (line i of epoch e is a pure function of seed, e and i).
+    Validation and test lines are always a fixed synthetic store (``pool``/``online``) or the stores'
+    own splits (``store``). ``optional_stores`` are added when they exist (IAM, say) and skipped otherwise.
+    """
+
+    mode: str = "pool"
+    stores: tuple[str, ...] = ()
+    optional_stores: tuple[str, ...] = ()
+    train_lines: int = 20000
+    val_lines: int = 500
+    test_lines: int = 500
+    unseen_font_lines: int = 500
+    seed: int = 0
+    fonts_dirs: tuple[str, ...] = ()
+    corpus: str = ""
+    cache_dir: str = ""  # where pools are rendered (and s3:// stores copied); empty: $TEXTREC_CACHE/pools
+    batch_size: int = 32
+    bucket_batches: int = 32  # batches per width-sorted chunk: bigger cuts padding, smaller mixes more
+    num_workers: int = 1
+    synth_workers: int = 0  # processes that render a pool; 0: all cores
+
+    def __post_init__(self) -> None:
+        if self.mode not in DATA_MODES:
+            raise ValueError(f"data.mode must be one of {DATA_MODES}, got {self.mode!r}")
+        if self.mode == "store" and not (self.stores or self.optional_stores):
+            raise ValueError("data.mode=store needs data.stores (paths or s3:// URIs of line stores)")
+        if self.batch_size < 1 or self.bucket_batches < 1:
+            raise ValueError("data.batch_size and data.bucket_batches must be at least 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A registered architecture and its options (checked against the model's own config class)."""
+
+    name: str = "line_cnn_lstm"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"  # per-step; onecycle warms up then anneals, cosine has linear warmup
+    warmup: float = 0.1  # fraction of all steps
+    grad_clip: float = 5.0  # max global grad norm; 0 disables
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"optim.warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int = 10
+    max_minutes: float = 0.0  # stop cleanly (checkpoint, evaluate, artifact) after this; 0: no limit
+    patience: int = 0  # epochs without a better val CER before stopping; 0: never stop early
+    checkpoint_every_steps: int = 200
+    seed: int = 0
+    amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU
+    threads: int = 0  # torch intra-op threads per process; 0: leave torch's default
+    eval_batch_size: int = 64
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"loop.amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.epochs < 1:
+            raise ValueError(f"loop.epochs must be at least 1, got {self.epochs}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Decoders tried on val at the end; the better one is recorded in the model artifact."""
+
+    beam: int = 10
+    lm_order: int = 0  # character n-gram LM from the training texts; 0: no LM, greedy only
+    lm_weights: tuple[float, ...] = (0.3, 0.6)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    stem: StemConfig = field(default_factory=StemConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+def check_model_options(cfg: ModelConfig) -> None:
+    """Unknown model names and option keys fail before any data is rendered."""
+    from textrec.models import model_config
+
+    cls = model_config(cfg.name)  # KeyError listing the known models
+    configlib.from_dict(cls, cfg.options, where="model.options.")
+
+
+def load_config(yaml_path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- overrides (``--loop.epochs=3`` or ``loop.epochs=3``)."""
+    cfg = configlib.load(TrainConfig, yaml_path, overrides)
+    check_model_options(cfg.model)
+    return cfg

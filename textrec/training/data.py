@@ -1,0 +1,424 @@
+"""Lines -> padded batches: datasets over line stores or a live renderer, width buckets, collate.
+
+Determinism is what makes exact resume and DDP simple here. The batch sampler's order is a pure
+function of (seed, epoch), and a line's augmentation (or, for rendered lines, its text, font and
+distortions) of (seed, epoch, index). The sampler hands the dataset ``(epoch, index)`` keys, so
+DataLoader workers need no per-epoch state and may persist across epochs.
+
+Batches are formed inside chunks of lines sorted by width (``bucket_batches`` batches per chunk), so
+a batch holds lines of similar width and little of each batch is padding; the batch order is then
+shuffled so training still sees widths in random order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from textrec.charset import Charset
+from textrec.data.store import LineStore
+from textrec.stem import LineStem
+
+Key = int | tuple[int, int]  # a line index, or (epoch, index) for lines that change per epoch
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 1, H, Wmax) float32, ink ~1, zero padding = paper
+    widths: torch.Tensor  # (B,) long: each image's width before padding
+    targets: torch.Tensor  # (B, Lmax) long: class indices, padded with the blank (0)
+    target_lengths: torch.Tensor  # (B,) long
+    texts: list[str]
+
+    def to(self, device: torch.device | str) -> Batch:
+        nb = torch.device(device).type == "cuda"
+        return Batch(self.images.to(device, non_blocking=nb), self.widths.to(device, non_blocking=nb),
+                     self.targets.to(device, non_blocking=nb),
+                     self.target_lengths.to(device, non_blocking=nb), self.texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def collate(batch: list[tuple[torch.Tensor, str]], charset: Charset) -> Batch:
+    """Zero-pad images to the widest and targets to the longest.
+
+    >>> b = collate([(torch.ones(1, 8, 10), "ab"), (torch.ones(1, 8, 14), "c")], Charset())
+    >>> tuple(b.images.shape), b.widths.tolist(), b.targets.tolist(), b.target_lengths.tolist()
+    ((2, 1, 8, 14), [10, 14], [[54, 55], [56, 0]], [2, 1])
+    """
+    if not batch:
+        raise ValueError("collate: empty batch")
+    heights = {img.shape[-2] for img, _ in batch}
+    if len(heights) != 1:
+        raise ValueError(f"collate: images of different heights {sorted(heights)}; the stem should "
+                         "scale every line to one height")
+    widths = [img.shape[-1] for img, _ in batch]
+    images = torch.zeros(len(batch), 1, heights.pop(), max(widths))
+    for j, (img, _) in enumerate(batch):
+        images[j, :, :, : img.shape[-1]] = img
+    encoded = [charset.encode(text, normalise=False) for _, text in batch]
+    targets = torch.zeros(len(batch), max(1, max(len(e) for e in encoded)), dtype=torch.long)
+    for j, e in enumerate(encoded):
+        targets[j, : len(e)] = torch.tensor(e, dtype=torch.long)
+    return Batch(images, torch.tensor(widths, dtype=torch.long), targets,
+                 torch.tensor([len(e) for e in encoded], dtype=torch.long), [t for _, t in batch])
+
+
+class Collate:
+    """A picklable ``collate_fn`` bound to a charset (DataLoader workers need to pickle it)."""
+
+    def __init__(self, charset: Charset) -> None:
+        self.charset = charset
+
+    def __call__(self, batch: list[tuple[torch.Tensor, str]]) -> Batch:
+        return collate(batch, self.charset)
+
+
+def _split_key(key: Key) -> tuple[int, int]:
+    return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (0, int(key))
+
+
+class StoreLines(Dataset):
+    """The lines of one split across one or more line stores, through the stem.
+
+    With ``augment`` the stem's random distortions are drawn from ``rng([seed, epoch, index])``.
+    """
+
+    def __init__(self, stores: Sequence[LineStore], split: str, stem: LineStem, *, augment: bool = False,
+                 seed: int = 0, limit: int | None = None) -> None:
+        self.stores = list(stores)
+        self.stem, self.augment, self.seed = stem, augment, seed
+        self.items: list[tuple[int, int]] = []
+        for s, store in enumerate(self.stores):
+            if split in store.splits:
+                self.items += [(s, int(i)) for i in store.indices(split)]
+        if limit is not None:
+            self.items = self.items[:limit]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def text(self, i: int) -> str:
+        s, j = self.items[i]
+        return self.stores[s].texts[j]
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.text(i) for i in range(len(self))]
+
+    def raw(self, i: int) -> tuple[np.ndarray, str]:
+        s, j = self.items[i]
+        return self.stores[s][j]
+
+    def lengths(self, epoch: int = 0) -> np.ndarray:
+        """Widths after scaling to the stem's height: what the batch padding depends on."""
+        h = self.stem.config.height
+        return np.array([self.stores[s].widths[j] * h / max(1, self.stores[s].heights[j])
+                         for s, j in self.items], dtype=np.float64)
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, str]:
+        epoch, i = _split_key(key)
+        image, text = self.raw(i)
+        rng = np.random.default_rng([self.seed, epoch, i]) if self.augment else None
+        return self.stem(image, rng=rng, augment=self.augment), text
+
+
+class RenderedLines(Dataset):
+    """Lines rendered on demand: line ``i`` of epoch ``e`` depends only on (seed, e, i).
+
+    ``sample_text(rng) -> str`` and ``render(text, rng) -> (H, W) uint8`` come from the synthetic data
+    module; the text is drawn from its own generator so the sampler can know every line's length
+    (for width buckets) without rendering it. With ``vary_by_epoch`` each epoch sees new lines.
+    """
+
+    def __init__(self, n: int, sample_text: Callable[[np.random.Generator], str],
+                 render: Callable[[str, np.random.Generator], np.ndarray], stem: LineStem, *,
+                 seed: int = 0, augment: bool = False, vary_by_epoch: bool = True) -> None:
+        self.n, self.sample_text, self.render, self.stem = n, sample_text, render, stem
+        self.seed, self.augment, self.vary_by_epoch = seed, augment, vary_by_epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _epoch(self, epoch: int) -> int:
+        return epoch if self.vary_by_epoch else 0
+
+    def text(self, i: int, epoch: int = 0) -> str:
+        return self.sample_text(np.random.default_rng([self.seed, self._epoch(epoch), i, 0]))
+
+    def lengths(self, epoch: int = 0) -> np.ndarray:
+        return np.array([len(self.text(i, epoch)) for i in range(self.n)], dtype=np.float64)
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, str]:
+        epoch, i = _split_key(key)
+        text = self.text(i, epoch)
+        image = self.render(text, np.random.default_rng([self.seed, self._epoch(epoch), i, 1]))
+        rng = np.random.default_rng([self.seed, epoch, i, 2]) if self.augment else None
+        return self.stem(image, rng=rng, augment=self.augment), text
+
+
+def bucket_batches(lengths: np.ndarray, batch_size: int, *, rng: np.random.Generator | None,
+                   bucket_batches: int = 32) -> list[list[int]]:
+    """Batches of indices with similar lengths; shuffled when ``rng`` is given, in width order if not.
+
+    >>> bucket_batches(np.array([5, 1, 4, 2, 3]), 2, rng=None)
+    [[1, 3], [4, 2], [0]]
+    """
+    n = len(lengths)
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    chunk = batch_size * bucket_batches
+    batches: list[list[int]] = []
+    for start in range(0, n, chunk):
+        part = order[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[k:k + batch_size].tolist() for k in range(0, len(part), batch_size)]
+    if rng is not None:
+        batches = [batches[k] for k in rng.permutation(len(batches))]
+    return batches
+
+
+class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Width-bucketed, shuffled batches of (epoch, index) keys; this rank's share of them.
+
+    Every rank computes the same batch list from (seed, epoch) and takes every ``world_size``-th
+    batch, so all ranks run the same number of steps (the list is padded by wrapping around).
+    ``skip`` drops the first batches of this rank's share: that is how a resumed run continues
+    mid-epoch on exactly the batches it had not yet seen.
+    """
+
+    def __init__(self, lengths: np.ndarray | Callable[[int], np.ndarray], batch_size: int, *,
+                 seed: int = 0, bucket_batches: int = 32, rank: int = 0, world_size: int = 1) -> None:
+        self._lengths = lengths
+        self.batch_size, self.seed, self.bucket = batch_size, seed, bucket_batches
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.skip = 0, 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def lengths(self, epoch: int) -> np.ndarray:
+        return self._lengths(epoch) if callable(self._lengths) else self._lengths
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def rank_batches(self, epoch: int) -> list[list[int]]:
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        rng = np.random.default_rng([self.seed, epoch])
+        batches = bucket_batches(self.lengths(epoch), self.batch_size, rng=rng, bucket_batches=self.bucket)
+        per_rank = math.ceil(len(batches) / self.world_size)
+        padded = [batches[k % len(batches)] for k in range(per_rank * self.world_size)]
+        mine = padded[self.rank::self.world_size]
+        self._cache = (epoch, mine)
+        return mine
+
+    def __len__(self) -> int:
+        return max(0, len(self.rank_batches(self.epoch)) - self.skip)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.rank_batches(self.epoch)[self.skip:]:
+            yield [(self.epoch, i) for i in batch]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """Width-sorted batches for evaluation, this rank's share (every ``world_size``-th batch)."""
+    return bucket_batches(lengths, batch_size, rng=None, bucket_batches=max(1, len(lengths)))[rank::world_size]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Putting a run's data together
+
+
+@dataclass
+class TrainData:
+    """The training set (with ``lengths(epoch)`` for the sampler), named evaluation sets, LM texts."""
+
+    train: Dataset
+    evals: dict[str, Dataset]
+    lm_texts: Callable[[], list[str]]
+    describe: str = ""
+
+
+class _RenderImage:
+    """``render(text, rng) -> image`` from a LineRenderer (which also returns the font's name)."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, text: str, rng: np.random.Generator) -> np.ndarray:
+        return self.renderer.render(text, rng)[0]
+
+
+def _cache_dir(cfg: Any, out_dir: Path) -> Path:
+    """``data.cache_dir``, else ``$TEXTREC_CACHE/pools`` (default ``~/.cache/textrec/pools``): outside the
+    run folder, so a run's files stay small to upload, and runs of the same data share one pool."""
+    if cfg.data.cache_dir:
+        return Path(cfg.data.cache_dir)
+    return Path(os.environ.get("TEXTREC_CACHE", Path.home() / ".cache" / "textrec")) / "pools"
+
+
+def _once_per_node(env: Any, make: Callable[[], Any]) -> None:
+    """Run ``make`` on each node's first rank while the others wait (files are written atomically)."""
+    from textrec.training import distributed
+
+    if env.local_rank == 0:
+        make()
+    distributed.barrier()
+
+
+def pool_path(cfg: Any, out_dir: Path) -> Path:
+    """Where the synthetic pool for this data config lives; the name hashes what decides its content."""
+    from textrec.data.fonts import discover_fonts
+    from textrec.data.synth import SynthConfig
+
+    d = cfg.data
+    fonts = [f.name for f in discover_fonts([Path(p) for p in d.fonts_dirs])]  # installing a font renews it
+    key = json.dumps({"n": _pool_size(d), "seed": d.seed, "fonts": fonts, "corpus": d.corpus,
+                      "synth": asdict(SynthConfig())}, sort_keys=True, default=str)
+    return _cache_dir(cfg, out_dir) / f"pool-{hashlib.sha256(key.encode()).hexdigest()[:16]}.h5"
+
+
+def _pool_size(d: Any) -> int:
+    # synthesize() gives 90 % of its lines to train and 5 % each to val and test
+    return max(d.train_lines * 10 // 9, 20 * max(d.val_lines, d.test_lines), 3)
+
+
+def _render_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
+    from textrec.data.synth import synthesize
+
+    if path.is_file():
+        log(f"using the synthetic pool {path}")
+        return
+    d = cfg.data
+    log(f"rendering a pool of {_pool_size(d)} synthetic lines into {path}")
+    synthesize(_pool_size(d), path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
+               workers=d.synth_workers or None, corpus=Path(d.corpus) if d.corpus else None,
+               progress=cfg.loop.progress)
+
+
+def _local_stores(uris: Sequence[str], cache: Path) -> list[Path]:
+    """Local paths for line stores; s3:// URIs are downloaded into the cache once."""
+    from textrec import storage
+
+    out = []
+    for uri in uris:
+        if storage.is_s3(uri):
+            dest = cache / "stores" / hashlib.sha256(uri.encode()).hexdigest()[:12] / Path(uri).name
+            if not dest.is_file():
+                storage.download(uri, dest)
+            out.append(dest)
+        else:
+            if not Path(uri).is_file():
+                raise FileNotFoundError(f"{uri}: no such line store (data.stores)")
+            out.append(Path(uri))
+    return out
+
+
+def _present(uris: Sequence[str]) -> list[str]:
+    from textrec import storage
+
+    return [u for u in uris if storage.exists(u)]
+
+
+def build_data(cfg: Any, out_dir: Path, charset: Charset, stem: LineStem, env: Any,
+               log: Callable[[str], None] = print) -> TrainData:
+    """The datasets of a run, for ``cfg.data.mode`` (see :class:`textrec.training.config.DataConfig`).
+
+    Optional stores that exist add their training lines to the training set and their val/test
+    splits as extra evaluation sets named ``<file stem>_<split>`` (``iam_test``, say).
+    """
+    d = cfg.data
+    cache = _cache_dir(cfg, out_dir)
+    optional = _present(d.optional_stores)
+    for uri in sorted(set(d.optional_stores) - set(optional)):
+        log(f"optional line store {uri} not found; training without it")
+    uris = (list(d.stores) if d.mode == "store" else []) + optional
+    if d.mode == "pool":
+        _once_per_node(env, lambda: _render_pool(cfg, pool_path(cfg, out_dir), log))
+    _once_per_node(env, lambda: _local_stores(uris, cache))
+    stores = [LineStore(p) for p in _local_stores(uris, cache)]
+    main, extra = stores[: len(stores) - len(optional)], stores[len(stores) - len(optional):]
+    if d.mode == "online":
+        data = _online_data(cfg, stem)
+        if extra:
+            data.train = _Concat([data.train, StoreLines(extra, "train", stem, augment=True, seed=d.seed)])
+    else:
+        if d.mode == "pool":
+            main = [LineStore(pool_path(cfg, out_dir))]
+        limits = {"val": d.val_lines, "test": d.test_lines, "test_unseen_font": d.unseen_font_lines}
+        train: Any = StoreLines(main, "train", stem, augment=True, seed=d.seed,
+                                limit=d.train_lines if d.mode == "pool" else None)
+        if extra:
+            train = _Concat([train, StoreLines(extra, "train", stem, augment=True, seed=d.seed)])
+        evals = {s: StoreLines(main, s, stem, limit=n or None) for s, n in limits.items()}
+        data = TrainData(train, {k: v for k, v in evals.items() if len(v)}, lambda: _texts(train),
+                         f"{len(train)} training lines from {', '.join(str(s.path) for s in main + extra)}")
+    for uri, store in zip(optional, extra, strict=True):
+        for split in ("val", "test"):
+            ds = StoreLines([store], split, stem)
+            if len(ds):
+                data.evals[f"{Path(uri).stem}_{split}"] = ds
+    if len(data.train) == 0:
+        raise ValueError(f"no training lines (data.mode={d.mode}, stores={uris})")
+    if "val" not in data.evals:
+        raise ValueError(f"no validation lines (data.mode={d.mode}, stores={uris}); a 'val' split is needed")
+    return data
+
+
+def _texts(ds: Any) -> list[str]:
+    return [t for part in ds.parts for t in _texts(part)] if isinstance(ds, _Concat) else ds.texts
+
+
+class _Concat(Dataset):
+    """Datasets end to end, keeping (epoch, index) keys and ``lengths``."""
+
+    def __init__(self, parts: Sequence[Any]) -> None:
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def lengths(self, epoch: int = 0) -> np.ndarray:
+        return np.concatenate([p.lengths(epoch) for p in self.parts])
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, str]:
+        epoch, i = _split_key(key)
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self.parts[k][(epoch, i - int(self.offsets[k]))]
+
+
+def _online_data(cfg: Any, stem: LineStem) -> TrainData:
+    """Training lines rendered afresh each epoch; fixed rendered val/test sets (held-out fonts for
+    ``test_unseen_font``)."""
+    from textrec.data.fonts import discover_fonts, split_fonts
+    from textrec.data.synth import LineRenderer, SynthConfig
+    from textrec.data.text import open_text_source
+
+    d = cfg.data
+    train_fonts, held_out = split_fonts(discover_fonts([Path(p) for p in d.fonts_dirs]))
+    source = open_text_source(Path(d.corpus) if d.corpus else None)
+    seen = _RenderImage(LineRenderer(SynthConfig(), train_fonts))
+    train = RenderedLines(d.train_lines, source.sample, seen, stem, seed=d.seed, augment=True)
+    evals: dict[str, Dataset] = {}
+    for k, (split, n) in enumerate([("val", d.val_lines), ("test", d.test_lines),
+                                    ("test_unseen_font", d.unseen_font_lines)], start=1):
+        render = _RenderImage(LineRenderer(SynthConfig(), held_out)) if split == "test_unseen_font" else seen
+        if n > 0 and (held_out or split != "test_unseen_font"):
+            evals[split] = RenderedLines(n, source.sample, render, stem, seed=d.seed + 1_000_003 * k,
+                                         vary_by_epoch=False)
+
+    def lm_texts() -> list[str]:
+        return [train.text(i, 0) for i in range(len(train))]
+
+    return TrainData(train, evals, lm_texts, f"online rendering, {len(train_fonts)} training fonts")
