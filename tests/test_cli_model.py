@@ -7,37 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from fixtures.models import line_image, tiny_model_artifact
 from PIL import Image
 
-from textrec.artifact import save_artifact
-from textrec.charset import DEFAULT_CHARSET
 from textrec.cli import main
 from textrec.data.store import LineWriter
-from textrec.models import create_model
-from textrec.stem import LineStem, StemConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(channels=(8, 16, 24, 32), blocks=(1, 1, 1), features=32, lstm_hidden=16, lstm_layers=1)
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("line_cnn_lstm", num_classes=DEFAULT_CHARSET.num_classes, height=32, **TINY)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_artifact(path, model, charset=DEFAULT_CHARSET, stem=LineStem(StemConfig(height=32)))
-    return path
-
-
-def line_image(width: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.full((40, width), 230, np.uint8)
-    for x in range(4, width - 10, 12):
-        img[10 + rng.integers(0, 5):30, x:x + 3 + rng.integers(0, 4)] = rng.integers(0, 70)
-    return img
+    return tiny_model_artifact(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 @pytest.fixture

@@ -8,33 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.models import TINY, line_image, tiny_model_artifact
 from PIL import Image
 
 from textrec.artifact import ArtifactError, load_artifact, read_artifact, save_artifact
 from textrec.charset import DEFAULT_CHARSET
 from textrec.models import create_model
 from textrec.recognizer import ImageError, Recognizer, decode_image, read_image
-from textrec.stem import LineStem, StemConfig
-
-TINY = dict(channels=(8, 16, 24, 32), blocks=(1, 1, 1), features=32, lstm_hidden=16, lstm_layers=1)
+from textrec.stem import LineStem
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("line_cnn_lstm", num_classes=DEFAULT_CHARSET.num_classes, height=32, **TINY)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_artifact(path, model, charset=DEFAULT_CHARSET, stem=LineStem(StemConfig(height=32)),
-                  decoder={"kind": "greedy"}, lm=None, metrics={"test_cer": 0.5})
-    return path
-
-
-def line_image(width: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.full((48, width), 235, np.uint8)
-    for x in range(6, width - 12, 14):
-        img[12 + rng.integers(0, 6):36, x:x + 3 + rng.integers(0, 5)] = rng.integers(0, 60)
-    return img
+    return tiny_model_artifact(tmp_path_factory.mktemp("model") / "model.pt", decoder={"kind": "greedy"}, lm=None, metrics={"test_cer": 0.5})
 
 
 def png(image: np.ndarray | Image.Image, mode: str | None = None) -> bytes:
