@@ -63,8 +63,10 @@ local: install
 pipeline-compile: $(STAMP)
 	env -u TEXTREC_IMAGE $(BIN)/python -m pipelines.textrec_pipeline
 
+# With IMAGE_REGISTRY set (and no TEXTREC_IMAGE), the components run in the image `make images` pushed.
 pipeline-run: $(STAMP)
-	$(BIN)/python -m pipelines.submit --profile $(PROFILE)
+	$(if $(and $(IMAGE_REGISTRY),$(if $(TEXTREC_IMAGE),,x)),TEXTREC_IMAGE="$(patsubst %/,%,$(IMAGE_REGISTRY))/textrec-component:$(IMAGE_TAG)") \
+	  $(BIN)/python -m pipelines.submit --profile $(PROFILE)
 
 # The local MLflow server (sqlite + artifacts under .textrec/mlflow): start or show it, stop it.
 mlflow-ui: $(STAMP)
