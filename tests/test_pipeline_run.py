@@ -13,11 +13,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+from fixtures.http_server import JsonHandler
 
 from pipelines import submit
 
@@ -73,17 +74,9 @@ class FakeKfp:
 
 
 def _handler(state: FakeKfp):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # keep test output quiet
-            pass
-
+    class Handler(JsonHandler):
         def _reply(self, body: dict, status: int = 200) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply_json(status, body)
 
         def _authorised(self) -> bool:
             if self.headers.get("Authorization") == f"Bearer {state.token}":

@@ -18,11 +18,12 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
+from fixtures.http_server import JsonHandler
 
 from components import steps, trainjob
 from components.trainjob import DistributedJob, TrainJobError
@@ -135,17 +136,8 @@ class FakeApi:
 
 
 def _handler(api: FakeApi):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def _reply(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    class Handler(JsonHandler):
+        _reply = JsonHandler.reply_json
 
         def do_GET(self) -> None:
             api.requests.append(("GET", self.path))
