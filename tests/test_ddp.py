@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 
 from textrec.training.distributed import detect
 
@@ -44,12 +44,6 @@ torch.save({k: v.cpu() for k, v in trainer.model.state_dict().items()}, out / f"
 trainer.close()
 distributed.cleanup()
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port as pick_port
 from fixtures.http_server import JsonHandler
 
 from pipelines import submit
@@ -58,11 +59,7 @@ def test_unknown_parameter_is_rejected_with_the_known_ones():
 
 @pytest.fixture
 def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:  # bound and released: nothing listens there afterwards
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return pick_port()  # bound and released: nothing listens there afterwards
 
 
 class FakeKfp:
