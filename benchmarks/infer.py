@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textrec.decoding import DecoderSpec
 from textrec.recognizer import Recognizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,13 +78,13 @@ def main() -> None:
               f"{a.lines} lines, mean input width {mean_w:.0f} px at height {rec.stem.config.height}, "
               f"load average {os.getloadavg()[0]:.1f}")
         print(f"stem only: {rate(lambda: [rec.preprocess(im) for im in images], len(images)):.0f} lines/s")
-        decoders = {"greedy": {"kind": "greedy"}}
-        if rec.decoder.get("kind") != "greedy":
-            decoders["artifact"] = dict(rec.decoder)
+        decoders = [DecoderSpec()]
+        if rec.decoder.kind != "greedy":
+            decoders.append(rec.decoder)
         print("decoder  threads batch  lines/s  ms/line")
-        for label, decoder in decoders.items():
+        for decoder in decoders:
             rec.decoder = decoder
-            name = label if label == "greedy" else f"beam{decoder['beam']}+lm{decoder['lm_weight']:g}"
+            name = decoder.label()
             for threads in a.threads:
                 torch.set_num_threads(threads)
                 for bs in a.batch_sizes:

@@ -6,7 +6,7 @@ Synthetic lines are rendered and stemmed once (not timed). For every registered 
 optimiser steps (forward, CTC or cross-entropy loss, backward, AdamW) and eval-mode forward passes
 on batches of lines sorted by width, and reports lines per CPU-second, which carries over between
 busy and quiet machines better than wall time. For the CTC model it also times the decoders per
-line: greedy, prefix beam search (beam 10) and beam search with a 6-gram character LM.
+line: greedy, prefix beam search (the default beam width) and beam search with a 6-gram character LM.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from textrec.charset import DEFAULT_CHARSET
 from textrec.data.store import open_store
 from textrec.data.synth import synthesize
-from textrec.decoding import CharNgramLM, ctc_beam_search, ctc_greedy
+from textrec.decoding import DEFAULT_BEAM, CharNgramLM, DecoderSpec, ctc_decode
 from textrec.models import create_model, list_models
 from textrec.stem import LineStem
 
@@ -101,13 +101,13 @@ def main() -> None:
     lm = CharNgramLM.fit((t for _, t in lines), order=6)
     print("| decoder | ms per line, untrained model (flat: worst case) | ms per line, peaked (trained-like) |")
     print("| --- | --- | --- |")
-    for label, decode in [
-        ("greedy", lambda lp, ln: ctc_greedy(lp, ln, DEFAULT_CHARSET)),
-        ("beam 10", lambda lp, ln: ctc_beam_search(lp, ln, DEFAULT_CHARSET, beam=10)),
-        ("beam 10 + 6-gram LM", lambda lp, ln: ctc_beam_search(lp, ln, DEFAULT_CHARSET, beam=10, lm=lm,
-                                                              lm_weight=0.5)),
+    for label, spec, spec_lm in [
+        ("greedy", DecoderSpec(), None),
+        (f"beam {DEFAULT_BEAM}", DecoderSpec("beam"), None),
+        (f"beam {DEFAULT_BEAM} + 6-gram LM", DecoderSpec("beam", lm_weight=0.5), lm),
     ]:
-        rates = [per_cpu_second(lambda d=decode, o=o: [d(lp, ln) for lp, ln in o], n) for o in (flat, peaked)]
+        rates = [per_cpu_second(lambda s=spec, m=spec_lm, o=o: [ctc_decode(lp, ln, DEFAULT_CHARSET, s, m)
+                                                               for lp, ln in o], n) for o in (flat, peaked)]
         print(f"| {label} | {1000 / rates[0]:.2f} | {1000 / rates[1]:.2f} |")
 
 

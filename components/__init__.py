@@ -1,28 +1,15 @@
-"""The pipeline's KFP components, one per file. Each is a short typed function that calls textrec.
-
-Every component runs in the project's component image: ``TEXTREC_IMAGE`` at compile time, else
-``ghcr.io/textrec/textrec-component:<textrec version>``. The image already holds textrec and kfp,
-so components install nothing when their pod starts (``install_kfp_package=False``).
+"""The pipeline's KFP components, one per file: typed artifacts in, one textrec (or cluster) call,
+artifacts out. A running component imports only what its body names, never this package.
 """
 
-import os
+from components.deploy_model import deploy_model
+from components.evaluate_cer import evaluate_cer
+from components.image import COMPONENT_IMAGE
+from components.ingest_data import ingest_data
+from components.plan_training import plan_training
+from components.register_model import register_model
+from components.synthesize_lines import synthesize_lines
+from components.train_model import train_model
 
-from textrec import __version__
-
-COMPONENT_IMAGE = os.environ.get("TEXTREC_IMAGE") or f"ghcr.io/textrec/textrec-component:{__version__}"
-
-_COMPONENTS = ("deploy_model", "evaluate_cer", "ingest_data", "plan_training", "register_model",
-               "synthesize_lines", "train_model")
-__all__ = ["COMPONENT_IMAGE", *_COMPONENTS]
-
-
-def __getattr__(name: str):
-    # Loaded on first use, not here: a running component imports components.steps, and the KFP
-    # executor's trimmed-down kfp.dsl cannot define components.
-    if name in _COMPONENTS:
-        import importlib
-
-        component = getattr(importlib.import_module(f"components.{name}"), name)
-        globals()[name] = component  # the submodule import bound the module to this name; the function wins
-        return component
-    raise AttributeError(f"module 'components' has no attribute {name!r}")
+__all__ = ["COMPONENT_IMAGE", "deploy_model", "evaluate_cer", "ingest_data", "plan_training", "register_model",
+           "synthesize_lines", "train_model"]

@@ -3,7 +3,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from components import COMPONENT_IMAGE
+from components.image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -15,12 +15,14 @@ def evaluate_cer(model: Input[Model], lines: Input[Dataset], pipeline_run_id: st
     import shutil
     import tempfile
     from collections import namedtuple
-    from pathlib import Path
 
-    from components.steps import evaluate_model, line_stores
+    from textrec.data.store import find_line_stores
+    from textrec.evaluate import evaluate_split
+    from textrec.rundir import RunDir
+    from textrec.tracking import StepTracking
 
-    result = evaluate_model(Path(model.path) / "model.pt", line_stores(lines.path), tempfile.mkdtemp(),
-                            pipeline_run_id=pipeline_run_id, tracking_uri=mlflow_uri, experiment=experiment)
+    result = evaluate_split(RunDir(model.path).model, find_line_stores(lines.path), tempfile.mkdtemp(),
+                            step=StepTracking(pipeline_run_id, mlflow_uri, experiment))
     shutil.copyfile(result["report"], report.path)
     for name in ("cer", "wer", "n"):
         metrics.log_metric(name, float(result[name]))

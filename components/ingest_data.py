@@ -1,7 +1,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components import COMPONENT_IMAGE
+from components.image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -9,7 +9,6 @@ def ingest_data(data_source: str, dataset: Output[Dataset]):
     """Read real handwriting into a store: 'none' (synthetic lines only), 'emnist:<uri>' (EMNIST
     characters, composed into lines later) or 'iam:<uri>' (IAM lines); the uri is a local path, an
     https:// URL (EMNIST) or an s3:// URI."""
-    from components.steps import ingest
+    from textrec.data.sources import ingest
 
-    info = ingest(data_source, dataset.path)
-    dataset.metadata.update(info)
+    dataset.metadata.update(ingest(data_source, dataset.path))

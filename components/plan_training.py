@@ -2,7 +2,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components import COMPONENT_IMAGE
+from components.image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -12,9 +12,6 @@ def plan_training(gpus_per_node: int, nodes: int, gpu_node_selector: dict
     no GPU and no GPU node when it trains on the CPU or only launches a multi-node job."""
     from collections import namedtuple
 
-    if nodes < 1 or gpus_per_node < 0:
-        raise ValueError(f"nodes must be >= 1 and gpus_per_node >= 0, got nodes={nodes}, "
-                         f"gpus_per_node={gpus_per_node}")
-    on_gpu = nodes == 1 and gpus_per_node > 0
-    plan = namedtuple("TrainingPlan", ["pod_gpus", "node_selector"])
-    return plan(gpus_per_node if on_gpu else 0, dict(gpu_node_selector) if on_gpu else {})
+    from textrec.training.job import pod_plan
+
+    return namedtuple("TrainingPlan", ["pod_gpus", "node_selector"])(*pod_plan(gpus_per_node, nodes, gpu_node_selector))

@@ -3,7 +3,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-from components import COMPONENT_IMAGE
+from components.image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -14,17 +14,16 @@ def register_model(model: Input[Model], lines: Input[Dataset], test_cer: float, 
     """Register the model in MLflow as a new version with alias 'challenger'. Alias 'champion' moves to
     it only if its test CER beats the champion's on the same evaluation set by more than
     promotion_margin; otherwise the champion stays. decision (JSON) says which, and why."""
-    import json
     from collections import namedtuple
-    from pathlib import Path
 
-    from components.steps import line_stores
-    from components.steps import register_model as register
+    from textrec.data.store import find_line_stores
+    from textrec.rundir import RunDir
+    from textrec.tracking import StepTracking, register_challenger
 
-    d = register(Path(model.path) / "model.pt", line_stores(lines.path), test_cer=test_cer,
-                 eval_hash=eval_set_hash, model_name=model_name, margin=promotion_margin,
-                 pipeline_run_id=pipeline_run_id, tracking_uri=mlflow_uri, experiment=experiment)
-    Path(decision.path).write_text(json.dumps(d.to_dict(), indent=2))
+    d = register_challenger(RunDir(model.path).model, find_line_stores(lines.path), test_cer=test_cer,
+                            eval_hash=eval_set_hash, model_name=model_name, margin=promotion_margin,
+                            step=StepTracking(pipeline_run_id, mlflow_uri, experiment),
+                            decision_path=decision.path)
     decision.metadata.update(promoted=d.promoted, reason=d.reason, version=d.version)
     metrics.log_metric("promoted", float(d.promoted))
     metrics.log_metric("challenger_cer", d.challenger_cer)

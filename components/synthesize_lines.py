@@ -1,7 +1,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from components import COMPONENT_IMAGE
+from components.image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -9,7 +9,6 @@ def synthesize_lines(n_lines: int, seed: int, emnist_lines: int, source: Input[D
     """Render synthetic handwriting lines and merge them with what was ingested: EMNIST-lines composed
     from EMNIST characters (emnist_lines of them; 0 means as many as n_lines) and IAM lines. The output
     folder holds one line store per source, each with train/val/test splits."""
-    from components.steps import synthesize_lines as synthesize
+    from textrec.data.sources import synthesize_dataset
 
-    info = synthesize(n_lines, source.path, lines.path, seed=seed, emnist_lines=emnist_lines)
-    lines.metadata.update(info)
+    lines.metadata.update(synthesize_dataset(n_lines, source.path, lines.path, seed=seed, emnist_lines=emnist_lines))

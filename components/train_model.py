@@ -1,7 +1,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components import COMPONENT_IMAGE
+from components.image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -13,16 +13,18 @@ def train_model(lines: Input[Dataset], train_config: str, config_overrides: list
     config, config_overrides: 'loop.epochs=3'-style overrides): in this pod on the CPU or one GPU, with
     torchrun over gpus_per_node GPUs, or on several nodes as a TrainJob/PyTorchJob. Checkpoints go to
     checkpoint_root under a key of the pipeline run, so a retry resumes from the last one."""
-    from components.steps import TrainRequest, line_stores, numeric, store_uris
-    from components.steps import train_model as train
+    from cluster.trainjob import launch_multi_node
+    from textrec.data.store import find_line_stores
+    from textrec.metrics import numeric
+    from textrec.training.job import TrainRequest, store_uris, train_from_request
 
-    stores = tuple(str(p) for p in line_stores(lines.path))
+    stores = tuple(str(p) for p in find_line_stores(lines.path))
     request = TrainRequest(
         stores=stores, store_uris=store_uris(lines.uri, stores), config=train_config,
         overrides=tuple(config_overrides), epochs=epochs, gpus_per_node=gpus_per_node, nodes=nodes,
         job_node_selector=gpu_node_selector, checkpoint_root=checkpoint_root,
         pipeline_run_id=pipeline_run_id, tracking_uri=mlflow_uri, experiment=experiment)
-    result = train(request, model.path)
+    result = train_from_request(request, model.path, multi_node=launch_multi_node)
     model.metadata.update({k: result[k] for k in ("dataset_hash", "mlflow_run_id", "checkpoints")})
     for name, value in numeric(result).items():
         metrics.log_metric(name, value)

@@ -25,6 +25,7 @@ RUN set -eu; \
       -r /tmp/requirements.txt
 COPY README.md /src/
 COPY textrec /src/textrec
+COPY cluster /src/cluster
 COPY components /src/components
 COPY pipelines /src/pipelines
 COPY serving /src/serving

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from textrec.tracking import MODEL_NAME
 
 ROOT = Path(".textrec")
 DEFAULT_PORT = 5000
@@ -37,9 +38,11 @@ class Profile:
     gpus: int = 0  # GPUs per node on a cluster (local runs use none)
 
     def synth_lines(self, config: dict[str, Any]) -> int:
-        """Enough lines that the 90/5/5 split gives the recipe's train lines (the store splits this way)."""
-        data = config.get("data", {})
-        return max(30, math.ceil(int(data.get("train_lines", 20000)) / 0.9))
+        """Enough lines that the synthetic store's train split holds the recipe's train lines."""
+        from textrec.data.synth import lines_for_train
+        from textrec.training.config import DataConfig
+
+        return max(30, lines_for_train(int(config.get("data", {}).get("train_lines", DataConfig.train_lines))))
 
 
 PROFILES = {
@@ -75,10 +78,10 @@ def _port_free(port: int) -> bool:
 
 def local_server_running() -> bool:
     """Whether `make serve` left a TorchServe running, so a new champion should be rolled onto it."""
-    from serving.local import LocalServer, ServeError
+    from serving.torchserve import ServeError, TorchServeProcess
 
     try:
-        return LocalServer.from_workdir().pid() is not None
+        return TorchServeProcess.from_workdir().pid() is not None
     except ServeError:
         return False
 
@@ -86,7 +89,7 @@ def local_server_running() -> bool:
 def run_pipeline(*, profile: str, data_source: str = "none", epochs: int = 0, margin: float = 0.0,
                  seed: int = 0, synth_lines: int = 0, overrides: tuple[str, ...] = (),
                  root: Path = ROOT, mlflow_uri: str | None = None, serving_target: str = "none",
-                 model_name: str = "textrec-line") -> dict[str, Any]:
+                 model_name: str = MODEL_NAME) -> dict[str, Any]:
     """Run the pipeline locally; returns (and writes to ``root/last-run.json``) its summary."""
     from kfp import local
 
@@ -127,7 +130,7 @@ def prune(folder: Path, keep: int) -> list[Path]:
 def summarise(outputs: dict[str, Any], uri: str, root: Path, seconds: float) -> dict[str, Any]:
     """What the run registered, read back from MLflow; written atomically to ``root/last-run.json``."""
     from textrec import tracking
-    from textrec.training.loop import write_json
+    from textrec.io import write_json
 
     name, version = outputs["model_uri"].split("/")[1], str(outputs["version"])
     info = tracking.version_info(name, version, tracking_uri=uri)
@@ -182,7 +185,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serving-target", default=os.environ.get("SERVING_TARGET") or "auto",
                    choices=("auto", "none", "local"),
                    help="roll a new champion onto the local TorchServe of `make serve` (auto: when one runs)")
-    p.add_argument("--model-name", default="textrec-line", help="registered model name")
+    p.add_argument("--model-name", default=MODEL_NAME, help="registered model name")
     p.add_argument("--root", type=Path, default=ROOT)
     p.add_argument("--serve-only", action="store_true", help="start (or find) the MLflow server and exit")
     p.add_argument("--stop-server", action="store_true", help="stop the local MLflow server and exit")

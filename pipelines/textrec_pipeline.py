@@ -31,6 +31,7 @@ from components import (
     synthesize_lines,
     train_model,
 )
+from textrec.tracking import EXPERIMENT, MODEL_NAME
 
 PIPELINE_NAME = "textrec"
 YAML_PATH = Path(__file__).with_name("textrec_pipeline.yaml")
@@ -69,11 +70,11 @@ def textrec_pipeline(
     nodes: int = 1,
     gpu_node_selector: dict = GPU_NODE_SELECTOR,  # noqa: B006
     checkpoint_root: str = "",
-    model_name: str = "textrec-line",
+    model_name: str = MODEL_NAME,
     promotion_margin: float = 0.0,
     mlflow_uri: str = "http://mlflow:5000",
-    experiment: str = "textrec",
-    serving_model_store: str = "s3://textrec/models/textrec-line",
+    experiment: str = EXPERIMENT,
+    serving_model_store: str = f"s3://textrec/models/{MODEL_NAME}",
     serving_deployment: str = "textrec-serving",
     serving_namespace: str = "",
     serving_target: str = "cluster",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fixtures.net import free_port
 
 S3_BUCKET = "textrec-test"
 S3_ACCESS_KEY = "textrec-test-key"
 S3_SECRET_KEY = "textrec-test-secret"
 S3_REGION = "us-east-1"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def find_binary(name: str) -> str | None:
@@ -146,7 +139,7 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """A real, lean MLflow tracking server on 127.0.0.1 for the session: sqlite backend, artifacts
     proxied by the server into a temporary folder, one worker, no job runner. Yields a
-    ``textrec.tracking.LocalServer`` (``.url``, ``.root``); pass ``.url`` as the tracking URI."""
+    ``textrec.tracking.MlflowServer`` (``.url``, ``.root``); pass ``.url`` as the tracking URI."""
     from textrec.tracking import start_local_server, stop_local_server
 
     server = start_local_server(tmp_path_factory.mktemp("mlflow"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port
+from fixtures.net import free_port
 
 from textrec.training.distributed import detect
 

@@ -1,16 +1,25 @@
-"""CTC greedy and prefix beam search, confidences, and the character n-gram language model."""
+"""The decoder spec, CTC greedy and prefix beam search, confidences, and the character n-gram LM."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from textrec.charset import DEFAULT_CHARSET, Charset
-from textrec.decoding import CharNgramLM, ctc_beam_search, ctc_greedy, viterbi_states
+from textrec.decoding import (
+    DEFAULT_BEAM,
+    CharNgramLM,
+    DecoderSpec,
+    ctc_beam_search,
+    ctc_decode,
+    ctc_greedy,
+    viterbi_states,
+)
 
 
 def peaked(paths: list[list[int]], num_classes: int, peak: float = 0.9, seed: int = 0) -> torch.Tensor:
@@ -165,3 +174,79 @@ def test_beam_search_confidences_on_long_lines():
     r = ctc_beam_search(lp, torch.tensor([len(path)]), cs, beam=5)[0]
     assert r.text == text
     assert r.char_confidences == pytest.approx([0.9] * len(text), abs=1e-5)
+
+
+# --- the decoder spec ------------------------------------------------------------------------------
+
+
+def test_decoder_spec_defaults_to_greedy_with_the_one_default_beam_width():
+    spec = DecoderSpec()
+    assert (spec.kind, spec.beam, spec.lm_weight, spec.insertion_bonus) == ("greedy", DEFAULT_BEAM, 0.0, 0.0)
+    assert DecoderSpec("beam").beam == DEFAULT_BEAM
+
+
+@pytest.mark.parametrize("spec", [
+    DecoderSpec(), DecoderSpec("beam"), DecoderSpec("beam", 16, 0.35), DecoderSpec("beam", 4, 0.5, -0.25),
+])
+def test_decoder_spec_round_trips_through_its_dict(spec):
+    d = spec.to_dict()
+    assert d == {"kind": spec.kind, "beam": spec.beam, "lm_weight": spec.lm_weight,
+                 "insertion_bonus": spec.insertion_bonus}
+    assert all(type(v) in (str, int, float) for v in d.values())  # what weights_only loading accepts
+    assert DecoderSpec.from_dict(d) == spec
+
+
+@pytest.mark.parametrize("old, want", [
+    ({"kind": "greedy", "beam": 10, "lm_weight": 0.0}, DecoderSpec()),  # what artifacts have held so far
+    ({"kind": "beam", "beam": 16, "lm_weight": 0.4}, DecoderSpec("beam", 16, 0.4)),
+    ({"kind": "beam", "beam": 8, "lm_weight": 1}, DecoderSpec("beam", 8, 1.0)),  # an int weight
+    ({"kind": "greedy"}, DecoderSpec()),
+    ({}, DecoderSpec()),
+])
+def test_decoder_spec_reads_the_artifact_dicts_written_so_far(old, want):
+    got = DecoderSpec.from_dict(old)
+    assert got == want and isinstance(got.lm_weight, float) and isinstance(got.beam, int)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"kind": "viterbi"}, "unknown decoder kind 'viterbi'; expected one of greedy, beam"),
+    ({"kind": "beam", "beam": 0}, "beam width must be an integer >= 1, got 0"),
+    ({"kind": "beam", "beam": 2.5}, "beam width must be an integer >= 1, got 2.5"),
+    ({"kind": "beam", "beam": True}, "beam width must be an integer >= 1, got True"),
+    ({"kind": "beam", "lm_weight": -0.1}, "lm_weight must be >= 0, got -0.1"),
+    ({"kind": "beam", "lm_weight": math.nan}, "lm_weight must be a finite number, got nan"),
+    ({"kind": "beam", "lm_weight": "0.3"}, "lm_weight must be a finite number, got '0.3'"),
+    ({"kind": "beam", "insertion_bonus": math.inf}, "insertion_bonus must be a finite number, got inf"),
+    ({"kind": "greedy", "lm_weight": 0.3}, "a greedy decoder takes no lm_weight or insertion_bonus"),
+])
+def test_decoder_spec_errors_name_the_bad_value(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DecoderSpec(**kwargs)
+
+
+def test_decoder_spec_from_dict_rejects_unknown_keys_and_kinds():
+    with pytest.raises(ValueError, match=re.escape("unknown keys ['width']; expected some of ['kind', 'beam'")):
+        DecoderSpec.from_dict({"kind": "beam", "width": 10})
+    with pytest.raises(ValueError, match="unknown decoder kind 'psychic'"):
+        DecoderSpec.from_dict({"kind": "psychic"})
+    with pytest.raises(ValueError, match="must be a mapping, got str"):
+        DecoderSpec.from_dict("greedy")  # type: ignore[arg-type]
+
+
+def test_decoder_spec_labels():
+    assert DecoderSpec().label() == "greedy"
+    assert DecoderSpec("beam", 10, 0.3).label() == "beam10+lm0.3"
+    assert DecoderSpec("beam", 16).label() == "beam16"
+    assert DecoderSpec("beam", 8, 0.5, 0.25).label() == "beam8+lm0.5+ins0.25"
+
+
+def test_ctc_decode_follows_the_spec():
+    cs = Charset("ab")
+    lp = torch.tensor([[0.6, 0.4, 0.0], [0.6, 0.4, 0.0]]).clamp_min(1e-6).log()[:, None]  # (T=2, B=1, C=3)
+    lengths = torch.tensor([2])
+    assert ctc_decode(lp, lengths, cs, DecoderSpec())[0].text == ctc_greedy(lp, lengths, cs)[0].text == ""
+    assert ctc_decode(lp, lengths, cs, DecoderSpec("beam", 4))[0].text == "a"  # the best labelling
+    lm = CharNgramLM.fit(["b", "bb"], order=2, charset=cs)
+    fused = ctc_decode(lp, lengths, cs, DecoderSpec("beam", 4, lm_weight=3.0), lm)[0]
+    assert fused.text == ""  # the LM has never seen an "a"
+    assert fused.text == ctc_beam_search(lp, lengths, cs, beam=4, lm=lm, lm_weight=3.0)[0].text

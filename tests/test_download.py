@@ -102,7 +102,7 @@ def test_http_errors_name_the_url_and_status(tmp_path):
 
 
 def test_an_unreachable_server_is_a_download_error(tmp_path):
-    from conftest import free_port
+    from fixtures.net import free_port
 
     with pytest.raises(DownloadError, match="download failed"):
         fetch(f"http://127.0.0.1:{free_port()}/gzip.zip", tmp_path, progress=False)

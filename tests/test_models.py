@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from textrec.charset import DEFAULT_CHARSET, Charset
-from textrec.decoding import Recognition
+from textrec.decoding import CharNgramLM, DecoderSpec, Recognition
 from textrec.models import create_model, list_models, model_config
 from textrec.models.line_cnn_lstm import LineCnnLstmConfig
 from textrec.stem import LineStem
@@ -85,7 +85,64 @@ def test_recognise_returns_one_recognition_per_line_and_keeps_the_training_mode(
     for r in out:
         assert 0.0 <= r.confidence <= 1.0 and len(r.char_confidences) == len(r.text) == len(r.indices)
     with pytest.raises(ValueError, match="unknown decoder"):
-        model.recognise(images, widths, decoder="viterbi")
+        model.recognise(images, widths, decoder=DecoderSpec("viterbi"))
+    with pytest.raises(TypeError, match="must be a textrec.decoding.DecoderSpec, got 'beam'"):
+        model.recognise(images, widths, "beam")  # the loose keywords of old are gone
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_beam_search_gives_one_recognition_per_line_within_its_limits(name):
+    torch.manual_seed(0)
+    model = small(name).eval()
+    images, widths, _, _ = make_batch(TEXTS[:2])
+    out = model.recognise(images, widths, DecoderSpec("beam", beam=3))
+    assert len(out) == 2
+    for r in out:
+        assert 0.0 <= r.confidence <= 1.0 and len(r.char_confidences) == len(r.text) == len(r.indices)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_uses_lm_says_whether_decoding_fuses_a_language_model(name):
+    """Each model states the capability itself, and it is true: an LM changes what a model that uses
+    one reads, and a model that does not use one refuses an LM rather than ignoring it."""
+    cls = type(small(name))
+    assert isinstance(vars(cls).get("uses_lm"), bool), f"{name} does not declare uses_lm"
+    torch.manual_seed(0)
+    model = small(name).eval()
+    images, widths, _, _ = make_batch(TEXTS[:2])
+    lm = CharNgramLM.fit(["zzz zzz zzz"] * 5, order=3)  # a language of nothing but z
+    fused = DecoderSpec("beam", beam=4, lm_weight=5.0)
+    if model.uses_lm:
+        plain = [r.text for r in model.recognise(images, widths, DecoderSpec("beam", beam=4))]
+        with_lm = [r.text for r in model.recognise(images, widths, fused, lm)]
+        assert with_lm != plain
+        weightless = [r.text for r in model.recognise(images, widths, DecoderSpec("beam", beam=4), lm)]
+        assert weightless == plain  # the spec's lm_weight decides how much the LM counts
+    else:
+        with pytest.raises(ValueError, match=f"{name} does not use a language model"):
+            model.recognise(images, widths, fused, lm)
+
+
+def test_the_models_that_use_a_language_model():
+    assert {name: create_model(name, num_classes=80, height=HEIGHT).uses_lm for name in list_models()} == {
+        "line_cnn_lstm": True, "resnet_transformer": False}
+
+
+def test_a_model_class_must_declare_uses_lm():
+    from dataclasses import dataclass
+
+    from textrec.models import LineModel, register_model
+
+    @dataclass(frozen=True)
+    class Cfg:
+        pass
+
+    class Undeclared(LineModel):
+        pass
+
+    with pytest.raises(TypeError, match="must set the class attribute uses_lm"):
+        register_model("undeclared", Cfg)(Undeclared)
+    assert "undeclared" not in list_models()
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -51,7 +51,7 @@ def test_smoke_run_registers_the_first_version_as_champion(first_run, mlflow_ser
 
 def test_smoke_run_is_one_mlflow_run_with_a_child_per_step(first_run, mlflow_server):
     _, summary, _ = first_run
-    client = tracking._client(mlflow_server.url)
+    client = tracking.mlflow_client(mlflow_server.url)
     exp = client.get_experiment_by_name("textrec")
     runs = client.search_runs([exp.experiment_id],
                               f"tags.`{tracking.TAG_PIPELINE_RUN}` = '{summary['pipeline_run_id']}'")
@@ -104,59 +104,6 @@ def test_a_second_run_adds_a_version_and_the_gate_keeps_the_champion(first_run, 
     assert second["version"] == "2" and second["aliases"] == ["challenger"]
     assert not second["promoted"] and "champion stays" in second["reason"]
     assert tracking.version_info(name, first["version"], tracking_uri=mlflow_server.url)["aliases"] == ["champion"]
-
-
-# ------------------------------------------------------------------------ the steps behind components
-
-@pytest.mark.parametrize("source", ["s3://bucket/iam", "iam:", "none:x", "emnist"])
-def test_a_bad_data_source_names_itself_and_the_accepted_forms(source):
-    from components import steps
-
-    with pytest.raises(ValueError, match=f"data_source {source!r}: expected 'none', 'emnist:<uri>' or 'iam:<uri>'"):
-        steps.parse_source(source)
-
-
-def test_stores_of_a_minio_artifact_are_read_over_s3_and_local_ones_stay_local():
-    from components import steps
-
-    stores = ["/minio/mlpipeline/v2/artifacts/x/lines/synth.h5", "/minio/mlpipeline/v2/artifacts/x/lines/iam.h5"]
-    assert steps.store_uris("minio://mlpipeline/v2/artifacts/x/lines", stores) == (
-        "s3://mlpipeline/v2/artifacts/x/lines/synth.h5", "s3://mlpipeline/v2/artifacts/x/lines/iam.h5")
-    assert steps.store_uris("/tmp/root/lines", ["/tmp/root/lines/synth.h5"]) == ("/tmp/root/lines/synth.h5",)
-
-
-def test_checkpoints_live_under_a_stable_key_of_the_pipeline_run(tmp_path):
-    from components import steps
-
-    a = steps.checkpoint_location("s3://b/ckpt/", "run-1")
-    assert a == steps.checkpoint_location("s3://b/ckpt", "run-1") and a.startswith("s3://b/ckpt/run-")
-    assert a != steps.checkpoint_location("s3://b/ckpt", "run-2")
-    assert steps.checkpoint_location(str(tmp_path), "run-1").startswith(str(tmp_path))
-    assert steps.checkpoint_location("", "run-1") == ""
-
-
-def test_the_pipeline_trains_on_its_stores_whatever_the_profile_says():
-    from components import steps
-
-    cfg = steps.train_config((REPO / "configs/cpu.yaml").read_text(), ["/d/synth.h5", "/d/iam.h5"], epochs=3,
-                             overrides=["optim.lr=0.01"])
-    assert cfg.data.mode == "store" and cfg.data.stores == ("/d/synth.h5", "/d/iam.h5")
-    assert cfg.loop.epochs == 3 and cfg.optim.lr == 0.01
-    with pytest.raises(ValueError, match="training config: .*loop.epoch"):
-        steps.train_config("", ["/d/synth.h5"], overrides=["loop.epoch=3"])
-    with pytest.raises(ValueError, match="expected a YAML mapping"):
-        steps.train_config("- a\n- b\n", ["/d/synth.h5"])
-
-
-def test_multi_node_training_refuses_local_checkpoints_and_stores(tmp_path):
-    from components import steps
-
-    cfg = steps.train_config("", ["/d/synth.h5"])
-    req = steps.TrainRequest(stores=("/d/synth.h5",), store_uris=("/d/synth.h5",), nodes=2, gpus_per_node=8)
-    with pytest.raises(ValueError, match="checkpoint_root to be an s3:// prefix"):
-        steps._train_multi_node(req, cfg, str(tmp_path), "run", tmp_path)
-    with pytest.raises(ValueError, match="line stores on S3"):
-        steps._train_multi_node(req, cfg, "s3://b/ckpt/run-x", "run", tmp_path)
 
 
 def test_old_local_runs_are_pruned_newest_kept(tmp_path):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port as pick_port
 from fixtures.http_server import JsonHandler
+from fixtures.net import free_port as pick_port
 
 from pipelines import submit
 

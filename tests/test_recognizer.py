@@ -11,11 +11,12 @@ import torch
 from fixtures.models import TINY, line_image, tiny_model_artifact
 from PIL import Image
 
-from textrec.artifact import ArtifactError, load_artifact, read_artifact, save_artifact
+from textrec.artifact import ArtifactError, artifact_dict, load_artifact, read_artifact, save_artifact
 from textrec.charset import DEFAULT_CHARSET
+from textrec.decoding import DEFAULT_BEAM, CharNgramLM, DecoderSpec
 from textrec.models import create_model
 from textrec.recognizer import ImageError, Recognizer, decode_image, read_image
-from textrec.stem import LineStem
+from textrec.stem import LineStem, StemConfig, to_grey
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def test_artifact_loads_with_weights_only_and_rebuilds_the_model(model_path):
     assert raw["format"] == "textrec-model" and raw["version"] == 1
     assert raw["model_name"] == "line_cnn_lstm" and raw["model_config"]["lstm_hidden"] == 16
     assert raw["num_classes"] == 80 and raw["height"] == 32 and raw["stem"]["height"] == 32
-    assert raw["decoder"] == {"kind": "greedy", "beam": 10, "lm_weight": 0.0} and raw["lm"] is None
+    assert raw["decoder"] == {"kind": "greedy", "beam": DEFAULT_BEAM, "lm_weight": 0.0, "insertion_bonus": 0.0}
+    assert raw["lm"] is None
     assert raw["created"].startswith("20")
     model, info = load_artifact(model_path)
     assert "state_dict" not in info and info["metrics"] == {"test_cer": 0.5}
@@ -78,6 +80,63 @@ def test_an_unknown_decoder_kind_is_refused(tmp_path):
         save_artifact(tmp_path / "m.pt", model, charset=DEFAULT_CHARSET, stem=LineStem(),
                       decoder={"kind": "psychic"})
     assert not (tmp_path / "m.pt").exists()
+
+
+def _tiny(name: str = "line_cnn_lstm"):
+    torch.manual_seed(0)
+    options = TINY if name == "line_cnn_lstm" else dict(channels=(8, 16, 24, 32), d_model=32, heads=2, layers=1,
+                                                        ff=64, max_length=12)
+    return create_model(name, num_classes=80, height=32, **options)
+
+
+def test_an_artifact_stores_the_decoder_spec_and_the_recognizer_uses_it(tmp_path):
+    spec = DecoderSpec("beam", 4, 0.3)
+    lm = CharNgramLM.fit(["a line of text", "another line"], order=3)
+    path = save_artifact(tmp_path / "m.pt", _tiny(), charset=DEFAULT_CHARSET, stem=LineStem(StemConfig(height=32)),
+                         decoder=spec, lm=lm)
+    assert torch.load(path, weights_only=True)["decoder"] == spec.to_dict()
+    rec = Recognizer.load(path)
+    assert rec.decoder == spec and rec.lm is not None and rec.lm.counts == lm.counts
+    assert len(rec.recognise([line_image(200, 0)])) == 1
+
+
+def test_an_artifact_written_before_the_decoder_spec_still_loads(tmp_path):
+    """Artifacts so far held {"kind", "beam", "lm_weight"}: version 1 still, with the rest defaulted."""
+    data = artifact_dict(_tiny(), charset=DEFAULT_CHARSET, stem=LineStem(StemConfig(height=32)),
+                         lm=CharNgramLM.fit(["old text"], order=2))
+    data["decoder"] = {"kind": "beam", "beam": 16, "lm_weight": 0.3}
+    torch.save(data, tmp_path / "old.pt")
+    assert read_artifact(tmp_path / "old.pt")["decoder"] == {"kind": "beam", "beam": 16, "lm_weight": 0.3,
+                                                             "insertion_bonus": 0.0}
+    rec = Recognizer.load(tmp_path / "old.pt")
+    assert rec.decoder == DecoderSpec("beam", 16, 0.3) and rec.lm is not None
+    assert len(rec.recognise([line_image(150, 1)])) == 1
+
+
+@pytest.mark.parametrize("decoder, message", [
+    ({"kind": "beam", "width": 10}, r"unknown keys \['width'\]"),
+    ({"kind": "beam", "beam": 0}, "beam width must be an integer >= 1, got 0"),
+])
+def test_a_bad_decoder_entry_is_named_with_the_file(tmp_path, decoder, message):
+    data = artifact_dict(_tiny(), charset=DEFAULT_CHARSET, stem=LineStem(StemConfig(height=32)))
+    data["decoder"] = decoder
+    torch.save(data, tmp_path / "model.pt")
+    with pytest.raises(ArtifactError, match=message) as e:
+        read_artifact(tmp_path / "model.pt")
+    assert str(tmp_path / "model.pt") in str(e.value) and "bad decoder entry" in str(e.value)
+
+
+def test_a_model_that_does_not_use_an_lm_never_gets_one(tmp_path):
+    """Training used to fit an LM for resnet_transformer too; such an artifact still reads lines, and
+    the LM is not handed to the model (which would refuse it)."""
+    model = _tiny("resnet_transformer")
+    assert not model.uses_lm
+    path = save_artifact(tmp_path / "m.pt", model, charset=DEFAULT_CHARSET, stem=LineStem(StemConfig(height=32)),
+                         decoder=DecoderSpec("beam", 2, 0.3), lm=CharNgramLM.fit(["some text"], order=2))
+    rec = Recognizer.load(path)
+    assert rec.lm is None and rec.decoder == DecoderSpec("beam", 2, 0.3)
+    (result,) = rec.recognise([line_image(120, 2)])
+    assert 0.0 <= result.confidence <= 1.0
 
 
 # --- recognising ------------------------------------------------------------------------------------
@@ -135,10 +194,14 @@ def test_transparent_background_becomes_paper():
     assert grey[0, 0] == 255 and grey[10, 10] == 0
 
 
-def _float_tiff() -> bytes:
+def _tiff(image: Image.Image) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.ones((8, 8), np.float32)).save(buf, format="TIFF")
+    image.save(buf, format="TIFF")
     return buf.getvalue()
+
+
+def _float_tiff() -> bytes:
+    return _tiff(Image.fromarray(np.ones((8, 8), np.float32)))
 
 
 @pytest.mark.parametrize("data, message", [
@@ -159,6 +222,60 @@ def test_decode_image_refuses_too_many_pixels_before_decoding():
     with pytest.raises(ImageError, match="20000 pixels is more than the limit of 10000"):
         decode_image(data, max_pixels=10_000)
     assert decode_image(data, max_pixels=20_000).shape == (100, 200)
+
+
+# --- one grey conversion for training and serving -------------------------------------------------------
+
+
+def _modes(img: np.ndarray) -> dict[str, Image.Image]:
+    """The same line in the PIL modes that files decode to."""
+    grey = Image.fromarray(img)
+    rgba = np.dstack([np.zeros_like(img)] * 3 + [255 - img])  # black ink whose opacity is the darkness
+    palette = grey.convert("P")
+    palette.info["transparency"] = int(np.asarray(palette)[0, 0])  # the paper's palette entry is see-through
+    return {
+        "L": grey, "RGB": grey.convert("RGB"), "RGBA": Image.fromarray(rgba, "RGBA"), "LA": grey.convert("LA"),
+        "P": grey.convert("P"), "P+transparency": palette, "1": grey.convert("1"),
+        "I;16": Image.fromarray(img.astype(np.uint16) * 257), "I": grey.convert("I"),
+    }
+
+
+@pytest.mark.parametrize("mode", list(_modes(line_image(60, 0))))
+def test_decoded_files_and_in_memory_images_become_the_same_grey_pixels(model_path, mode):
+    """Serving decodes uploaded bytes; training and predict hand images to the stem. Both go through
+    the one conversion, so the same picture gives the same grey pixels and the same model input."""
+    image = _modes(line_image(90, 3))[mode]
+    data = _tiff(image) if mode == "I" else png(image)  # PNG has no 32-bit integer grey
+    from_file = decode_image(data)
+    assert from_file.dtype == np.uint8 and from_file.shape == (40, 90)
+    assert np.array_equal(from_file, to_grey(Image.open(io.BytesIO(data))))
+    assert np.array_equal(from_file, to_grey(image))
+    rec = Recognizer.load(model_path)
+    assert torch.equal(rec.preprocess(data), rec.stem(image))
+
+
+def test_float_pixels_are_refused_as_files_and_as_pil_images_but_read_as_arrays(model_path):
+    img = line_image(80, 4)
+    floats = Image.fromarray(img.astype(np.float32) / 255)  # mode "F"
+    assert floats.mode == "F"
+    rec = Recognizer.load(model_path)
+    for run in (lambda: decode_image(_float_tiff(), name="scan.tif"), lambda: to_grey(floats, "scan.tif"),
+                lambda: rec.recognise([floats])):
+        with pytest.raises(ValueError, match="unsupported image mode 'F'"):
+            run()
+    with pytest.raises(ImageError, match="scan.tif: unsupported image mode 'F'"):
+        decode_image(_float_tiff(), name="scan.tif")
+    # an array is the caller's own: floats in [0, 1] are the documented scale, and read exactly
+    assert np.array_equal(to_grey(np.asarray(floats)), img)
+    assert torch.equal(rec.preprocess(np.asarray(floats)), rec.preprocess(png(img)))
+
+
+def test_big_endian_sixteen_bit_pixels_scale_like_little_endian_ones():
+    img = line_image(50, 5).astype(np.uint16) * 257
+    big = Image.frombytes("I;16B", (50, 40), img.astype(">u2").tobytes())
+    assert big.mode == "I;16B"
+    assert np.array_equal(to_grey(big), to_grey(Image.fromarray(img)))
+    assert np.array_equal(to_grey(big), line_image(50, 5))
 
 
 def test_read_image_names_unreadable_files(tmp_path):

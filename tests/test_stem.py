@@ -109,6 +109,27 @@ def test_bad_inputs_are_named():
         StemConfig(thickness=2.0)
 
 
+def test_float_pil_images_are_refused_but_float_arrays_are_read_by_their_range():
+    """One policy with decoding files for serving: a mode "F" image has no agreed grey scale, while
+    an array's floats are in [0, 1] (or [0, 255] when any is above 1)."""
+    grey = render()
+    with pytest.raises(ValueError, match="line image: unsupported image mode 'F'"):
+        LineStem()(Image.fromarray(grey.astype(np.float32) / 255))
+    want = LineStem()(grey)
+    assert torch.equal(LineStem()(grey.astype(np.float32) / 255), want)
+    assert torch.equal(LineStem()(grey.astype(np.float64)), want)  # 0-255 floats
+    assert np.array_equal(to_grey(grey.astype(np.float32) / 255), grey)
+
+
+def test_grey_errors_name_the_input():
+    with pytest.raises(ValueError, match="scan.png: cannot convert image mode 'LAB' to grey"):
+        to_grey(Image.new("LAB", (4, 4)), "scan.png")
+    with pytest.raises(ValueError, match="scan.png has NaN or infinite pixels"):
+        to_grey(np.full((2, 2), np.inf), "scan.png")
+    with pytest.raises(TypeError, match="scan.png: expected a numpy array or PIL image, got list"):
+        to_grey([[0, 1]], "scan.png")  # type: ignore[arg-type]
+
+
 def test_settings_round_trip_and_unknown_keys_fail():
     stem = LineStem(StemConfig(height=48, slant=0.2))
     again = LineStem.from_dict(stem.to_dict())

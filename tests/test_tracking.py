@@ -21,8 +21,10 @@ from textrec import tracking
 from textrec.artifact import read_artifact, save_artifact
 from textrec.charset import DEFAULT_CHARSET
 from textrec.config import read_yaml
+from textrec.evaluate import eval_set_hash
 from textrec.models import create_model
 from textrec.stem import StemConfig
+from textrec.tracking.callback import MlflowCallback
 
 SMOKE = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")  # the smallest model
 HEIGHT = int(SMOKE.get("stem", {}).get("height", StemConfig().height))
@@ -55,7 +57,7 @@ def register(tmp_path: Path, uri: str, name: str, seed: int, pipeline_run: str) 
 
 
 def aliases(uri: str, name: str) -> dict[str, str]:
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     return {a: client.get_model_version_by_alias(name, a).version for a in ("champion", "challenger")}
 
 
@@ -164,7 +166,7 @@ def test_steps_of_one_pipeline_run_are_children_of_one_parent_run(uri, name):
         pass
     with tracking.step_run("train", "pipe-1", tracking_uri=uri, experiment=name, resume=True) as again:
         pass
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     parents = {client.get_run(r).data.tags[tracking.TAG_PARENT] for r in (train_id, eval_id)}
     assert len(parents) == 1
     parent = client.get_run(parents.pop())
@@ -177,7 +179,7 @@ def test_a_failing_step_marks_its_run_and_the_parent_failed(uri, name):
     with pytest.raises(RuntimeError, match="boom"), \
             tracking.step_run("train", "pipe-2", tracking_uri=uri, experiment=name) as run_id:
         raise RuntimeError("boom")
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert client.get_run(run.data.tags[tracking.TAG_PARENT]).info.status == "FAILED"
@@ -189,12 +191,12 @@ def test_mlflow_callback_logs_params_and_per_epoch_metrics(tmp_path, uri, name):
     (tmp_path / "metrics.json").write_text("{}")
     trainer = SimpleNamespace(config=TrainConfig(), out_dir=tmp_path, world_size=1)
     with tracking.step_run("train", "pipe-3", tracking_uri=uri, experiment=name) as run_id:
-        cb = tracking.MlflowCallback(run_id, uri)
+        cb = MlflowCallback(run_id, uri)
         cb.on_train_start(trainer)
         for epoch, cer in enumerate([0.9, 0.5, 0.3]):
             cb.on_epoch_end(trainer, epoch, {"val_cer": cer, "train_loss": 2.0 - epoch, "note": "text"})
         cb.on_train_end(trainer, {"test_cer": 0.31, "stopped": "completed"})
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     run = client.get_run(run_id)
     assert run.data.params["loop.epochs"] == str(TrainConfig().loop.epochs)
     assert run.data.params["model.name"] == "line_cnn_lstm"
@@ -209,7 +211,7 @@ def test_mlflow_callback_warns_instead_of_failing_when_mlflow_is_down(tmp_path, 
     from textrec.training.config import TrainConfig
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    cb = tracking.MlflowCallback("0" * 32, "http://127.0.0.1:9")  # nothing listens on the discard port
+    cb = MlflowCallback("0" * 32, "http://127.0.0.1:9")  # nothing listens on the discard port
     trainer = SimpleNamespace(config=TrainConfig(), out_dir=tmp_path, world_size=1)
     with pytest.warns(UserWarning, match="training goes on"):
         cb.on_epoch_end(trainer, 0, {"val_cer": 0.5})
@@ -241,10 +243,10 @@ def test_eval_set_hash_changes_with_any_line():
     import numpy as np
 
     img = np.full((8, 20), 255, np.uint8)
-    base = tracking.eval_set_hash([(img, "a b"), (img, "c")])
-    assert base == tracking.eval_set_hash([(img.copy(), "a b"), (img, "c")])
-    assert base != tracking.eval_set_hash([(img, "a b"), (img, "d")])
-    assert base != tracking.eval_set_hash([(img, "c"), (img, "a b")])
+    base = eval_set_hash([(img, "a b"), (img, "c")])
+    assert base == eval_set_hash([(img.copy(), "a b"), (img, "c")])
+    assert base != eval_set_hash([(img, "a b"), (img, "d")])
+    assert base != eval_set_hash([(img, "c"), (img, "a b")])
     darker = img.copy()
     darker[0, 0] = 0
-    assert base != tracking.eval_set_hash([(darker, "a b"), (img, "c")])
+    assert base != eval_set_hash([(darker, "a b"), (img, "c")])

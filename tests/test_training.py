@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from textrec.artifact import load_artifact
 from textrec.charset import DEFAULT_CHARSET
+from textrec.decoding import CharNgramLM, DecoderSpec
 from textrec.stem import LineStem, StemConfig
 from textrec.training import Callback, EarlyStopping, load_config, train
 from textrec.training.checkpoint import load_checkpoint
@@ -20,9 +22,16 @@ from textrec.training.loop import make_scheduler
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def tiny_config(cache: Path, *overrides: str):
-    """The smoke recipe shrunk further: a 160-line pool, 4 steps per epoch."""
-    return load_config(CONFIGS / "smoke.yaml", [
+SMALL_TRANSFORMER = dict(channels=[8, 16, 24, 32], d_model=32, heads=2, layers=1, ff=64, max_length=16)
+
+
+def tiny_config(cache: Path, *overrides: str, model: str = "line_cnn_lstm"):
+    """The smoke recipe shrunk further: a 160-line pool, 4 steps per epoch (and a small transformer
+    when ``model`` is resnet_transformer)."""
+    recipe = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    if model != recipe["model"]["name"]:
+        recipe["model"] = {"name": model, "options": SMALL_TRANSFORMER}
+    return load_config(recipe, [
         f"--data.cache_dir={cache}", "--data.train_lines=64", "--data.val_lines=8", "--data.test_lines=8",
         "--data.unseen_font_lines=8", "--loop.epochs=2", "--loop.threads=1", *overrides])
 
@@ -201,6 +210,43 @@ def test_train_writes_model_metrics_and_checkpoints(tmp_path, cache):
     assert (out / "checkpoints" / "best.pt").is_file() and (out / "config.yaml").is_file()
     assert [e[0] for e in rec.events] == ["start", "epoch", "epoch", "end"]
     assert rec.events[1][3] == 4 and rec.events[2][3] == 8  # trainer.step at each epoch end
+
+
+@pytest.mark.parametrize("model", ["line_cnn_lstm", "resnet_transformer"])
+def test_decoders_tried_on_val_follow_whether_the_model_uses_an_lm(tmp_path, cache, monkeypatch, model):
+    """A model that uses an LM gets beam search at each LM weight; one that does not gets no LM
+    fitted and one plain beam pass. The choice is what the artifact and the metrics record."""
+    fitted = []
+    real_fit = CharNgramLM.fit.__func__
+
+    def counting_fit(cls, *args, **kwargs):
+        fitted.append(cls)
+        return real_fit(cls, *args, **kwargs)
+
+    monkeypatch.setattr(CharNgramLM, "fit", classmethod(counting_fit))
+    out = tmp_path / "run"
+    metrics = train(tiny_config(cache, "--decode.lm_order=3", "--decode.beam=4", "--decode.lm_weights=[0.3,0.6]",
+                                model=model), out)
+    tried = metrics["val_decoders"]
+    if model == "line_cnn_lstm":
+        assert set(tried) == {"greedy", "beam4+lm0.3", "beam4+lm0.6"} and fitted == [CharNgramLM]
+    else:
+        assert set(tried) == {"greedy", "beam4"} and fitted == []
+        assert not any("lm" in label for label in tried)
+    chosen = DecoderSpec.from_dict(metrics["decoder"])
+    assert chosen.label() in tried and tried[chosen.label()] == min(tried.values())
+    assert metrics["val_cer"] == pytest.approx(tried[chosen.label()])
+    raw = torch.load(out / "model.pt", weights_only=True)
+    assert raw["decoder"] == chosen.to_dict() == metrics["decoder"]
+    assert (raw["lm"] is not None) == (chosen.lm_weight > 0)
+
+
+def test_decode_config_checks_its_beam_and_weights():
+    with pytest.raises(ValueError, match="decode.beam must be an integer >= 1, got 0"):
+        load_config(None, ["--decode.beam=0"])
+    with pytest.raises(ValueError, match=r"decode.lm_weights must be >= 0, got \[0.3, -1.0\]"):
+        load_config(None, ["--decode.lm_weights=[0.3,-1]"])
+    assert load_config(None).decode.beam == DecoderSpec().beam  # one default beam width
 
 
 def test_time_budget_stops_cleanly_and_still_writes_the_model(tmp_path, cache):

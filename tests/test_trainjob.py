@@ -25,8 +25,12 @@ import kubernetes_validate
 import pytest
 from fixtures.http_server import JsonHandler
 
-from components import steps, trainjob
-from components.trainjob import DistributedJob, TrainJobError
+from cluster import trainjob
+from cluster.trainjob import DistributedJob, TrainJobError
+from textrec.data.sources import synthesize_dataset
+from textrec.data.store import find_line_stores
+from textrec.training.job import TrainRequest, train_from_request
+from textrec.training.remote import checkpoint_location
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = "1.30.0"
@@ -61,8 +65,8 @@ def test_trainjob_runs_torchrun_on_every_node_with_gpus_and_placement():
                                   "kind": "ClusterTrainingRuntime"}
     t = spec["trainer"]
     assert t["numNodes"] == 4 and t["numProcPerNode"] == 8
-    assert t["command"][:4] == ["torchrun", "-m", "components.steps", "train"]
-    assert t["command"][4:] == ["--out", "/tmp/train", "--run-id", "r1"]
+    assert t["command"][:3] == ["torchrun", "-m", "textrec.training"]
+    assert t["command"][3:] == ["--out", "/tmp/train", "--run-id", "r1"]
     assert t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
     assert t["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == "8"
     (patch,) = spec["runtimePatches"]
@@ -253,8 +257,8 @@ def test_a_retry_adopts_a_job_that_is_still_running(fake_api):
 ATTEMPT = """
 import json, sys
 from pathlib import Path
-from components import steps
 from textrec.training.callbacks import Callback
+from textrec.training.job import train_config, train_here
 
 class CrashAtEpoch(Callback):  # a lost node, once an epoch's checkpoint is written
     def on_epoch_start(self, trainer, epoch):
@@ -262,8 +266,8 @@ class CrashAtEpoch(Callback):  # a lost node, once an epoch's checkpoint is writ
             raise SystemExit("node lost")
 
 stores, out, remote = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-cfg = steps.train_config(Path("configs/smoke.yaml").read_text(), stores, overrides=["loop.threads=1"])
-metrics = steps.train_here(cfg, out, checkpoint_uri=remote, callbacks=[CrashAtEpoch()])
+cfg = train_config(Path("configs/smoke.yaml").read_text(), stores, overrides=["loop.threads=1"])
+metrics = train_here(cfg, out, checkpoint_uri=remote, callbacks=[CrashAtEpoch()])
 print(json.dumps({"epochs": metrics["epochs"]}))
 """
 
@@ -275,10 +279,10 @@ def attempt(stores: list[str], out: Path, remote: str, crash_at_epoch: int) -> s
 
 
 def test_a_retried_training_resumes_from_the_runs_checkpoint_on_s3(tmp_path, s3):
-    store = steps.synthesize_lines(120, tmp_path / "none", tmp_path / "lines", seed=3)
-    stores = [str(p) for p in steps.line_stores(tmp_path / "lines")]
+    store = synthesize_dataset(120, tmp_path / "none", tmp_path / "lines", seed=3)
+    stores = [str(p) for p in find_line_stores(tmp_path / "lines")]
     assert store["lines"] > 100
-    remote = steps.checkpoint_location(s3.uri("checkpoints"), f"pipeline-{uuid.uuid4().hex[:6]}")
+    remote = checkpoint_location(s3.uri("checkpoints"), f"pipeline-{uuid.uuid4().hex[:6]}")
 
     first = attempt(stores, tmp_path / "attempt1", remote, crash_at_epoch=1)
     assert first.returncode != 0 and "node lost" in first.stderr, first.stderr[-2000:]
@@ -297,26 +301,27 @@ def test_a_retried_training_resumes_from_the_runs_checkpoint_on_s3(tmp_path, s3)
 
 
 def _history(out: Path) -> list[dict]:
+    from textrec.rundir import RunDir
     from textrec.training.checkpoint import load_checkpoint
 
-    return load_checkpoint(out / "checkpoints" / "last.pt")["history"]
+    return load_checkpoint(RunDir(out).last)["history"]
 
 
 @pytest.mark.slow
 def test_several_gpus_in_one_pod_train_under_torchrun_and_only_rank_0_tracks(tmp_path, mlflow_server, monkeypatch):
     """gpus_per_node=2 starts torchrun with two ranks; on this CPU machine gloo stands in for NCCL."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    steps.synthesize_lines(120, tmp_path / "none", tmp_path / "lines", seed=5)
-    stores = tuple(str(p) for p in steps.line_stores(tmp_path / "lines"))
-    request = steps.TrainRequest(stores=stores, config=(REPO / "configs/smoke.yaml").read_text(),
-                                 overrides=("loop.threads=1",), gpus_per_node=2,
-                                 checkpoint_root=str(tmp_path / "ckpt"), tracking_uri=mlflow_server.url,
-                                 pipeline_run_id=f"torchrun-{uuid.uuid4().hex[:6]}")
-    result = steps.train_model(request, tmp_path / "model")
+    synthesize_dataset(120, tmp_path / "none", tmp_path / "lines", seed=5)
+    stores = tuple(str(p) for p in find_line_stores(tmp_path / "lines"))
+    request = TrainRequest(stores=stores, config=(REPO / "configs/smoke.yaml").read_text(),
+                           overrides=("loop.threads=1",), gpus_per_node=2,
+                           checkpoint_root=str(tmp_path / "ckpt"), tracking_uri=mlflow_server.url,
+                           pipeline_run_id=f"torchrun-{uuid.uuid4().hex[:6]}")
+    result = train_from_request(request, tmp_path / "model")
     assert result["world_size"] == 2 and (tmp_path / "model" / "model.pt").is_file()
     from textrec import tracking
 
-    client = tracking._client(mlflow_server.url)
+    client = tracking.mlflow_client(mlflow_server.url)
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.params["world_size"] == "2"
     history = client.get_metric_history(run.info.run_id, "val_cer")

@@ -5,8 +5,11 @@ A torch-saved dict of tensors and plain Python values only, so it loads with
 
     {"format": "textrec-model", "version": 1,
      "model_name", "model_config": dict, "num_classes", "height", "state_dict",
-     "charset": str, "stem": dict, "decoder": {"kind": "greedy"|"beam", "beam", "lm_weight"},
-     "lm": dict | None, "metrics": dict, "created": ISO time}
+     "charset": str, "stem": dict, "decoder": DecoderSpec.to_dict(), "lm": dict | None,
+     "metrics": dict, "created": ISO time}
+
+The decoder entry is ``{"kind", "beam", "lm_weight", "insertion_bonus"}``; artifacts written before
+``insertion_bonus`` existed lack it and read as 0 (:meth:`textrec.decoding.DecoderSpec.from_dict`).
 
 Training writes it; :class:`textrec.recognizer.Recognizer`, evaluation and serving read it.
 """
@@ -16,50 +19,26 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from textrec.charset import Charset
+from textrec.decoding import DecoderSpec
+from textrec.io import atomic_open
+
+if TYPE_CHECKING:
+    from textrec.models.registry import LineModel
 
 ARTIFACT_FORMAT = "textrec-model"
 ARTIFACT_VERSION = 1
-DECODER_KINDS = ("greedy", "beam")
 REQUIRED_KEYS = ("model_name", "model_config", "num_classes", "height", "state_dict", "charset", "stem",
                  "decoder")
 
 
 class ArtifactError(RuntimeError):
     """A model artifact is missing, unreadable or malformed; the message names the file."""
-
-
-@contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Write to a temporary file beside ``path`` and rename it over ``path`` only on success.
-
-    Readers never see a half-written file, and a crash leaves the previous version in place. The file
-    gets the usual permissions for new files (0666 less the umask), not mkstemp's private 0600, so a
-    server running as another user can read a model.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plain(value: Any) -> Any:
@@ -79,16 +58,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def check_decoder(decoder: dict[str, Any] | None) -> dict[str, Any]:
-    d = {"kind": "greedy", "beam": 10, "lm_weight": 0.0, **(decoder or {})}
-    if d["kind"] not in DECODER_KINDS:
-        raise ValueError(f"decoder kind must be one of {DECODER_KINDS}, got {d['kind']!r}")
-    return {"kind": str(d["kind"]), "beam": int(d["beam"]), "lm_weight": float(d["lm_weight"])}
+def _decoder_spec(decoder: DecoderSpec | dict[str, Any] | None) -> DecoderSpec:
+    """A spec, or its dict (as artifacts store it), or None for greedy."""
+    return decoder if isinstance(decoder, DecoderSpec) else DecoderSpec.from_dict(decoder or {})
 
 
-def artifact_dict(model: torch.nn.Module, *, charset: Charset, stem: Any, decoder: dict[str, Any] | None = None,
-                  lm: Any = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The artifact as a dict (what :func:`save_artifact` writes)."""
+def artifact_dict(model: LineModel, *, charset: Charset, stem: Any,
+                  decoder: DecoderSpec | dict[str, Any] | None = None, lm: Any = None,
+                  metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The artifact as a dict (what :func:`save_artifact` writes); ``decoder`` None means greedy."""
     num_classes = int(model.num_classes)
     if num_classes < charset.num_classes:
         raise ValueError(f"model has {num_classes} output classes but the charset needs {charset.num_classes}")
@@ -103,15 +81,15 @@ def artifact_dict(model: torch.nn.Module, *, charset: Charset, stem: Any, decode
         "state_dict": state,
         "charset": charset.chars,
         "stem": _plain(stem),
-        "decoder": check_decoder(decoder),
+        "decoder": _decoder_spec(decoder).to_dict(),
         "lm": _plain(lm),
         "metrics": _plain(metrics or {}),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 
-def save_artifact(path: str | os.PathLike, model: torch.nn.Module, *, charset: Charset, stem: Any,
-                  decoder: dict[str, Any] | None = None, lm: Any = None,
+def save_artifact(path: str | os.PathLike, model: LineModel, *, charset: Charset, stem: Any,
+                  decoder: DecoderSpec | dict[str, Any] | None = None, lm: Any = None,
                   metrics: dict[str, Any] | None = None) -> Path:
     """Write ``model.pt`` atomically. ``stem`` and ``lm`` may be objects with ``to_dict`` or dicts."""
     data = artifact_dict(model, charset=charset, stem=stem, decoder=decoder, lm=lm, metrics=metrics)
@@ -145,11 +123,15 @@ def read_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise ArtifactError(f"{path}: model artifact lacks {', '.join(missing)}")
+    try:
+        data["decoder"] = _decoder_spec(data["decoder"]).to_dict()  # older artifacts: defaults filled in
+    except ValueError as e:
+        raise ArtifactError(f"{path}: bad decoder entry ({e})") from e
     return data
 
 
 def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "cpu"
-                  ) -> tuple[torch.nn.Module, dict[str, Any]]:
+                  ) -> tuple[LineModel, dict[str, Any]]:
     """(model in eval mode, the artifact's other entries)."""
     from textrec.models import create_model
 

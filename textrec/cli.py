@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from textrec.rundir import RunDir
+from textrec.tracking.registry import MODEL_NAME
+
 
 def _data_synth(a: argparse.Namespace) -> None:
     from textrec.data.synth import synthesize
@@ -187,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", type=Path, default=None, help="YAML recipe (configs/cpu.yaml, ...)")
     t.add_argument("--out", type=Path, required=True, help="run folder: model.pt, metrics.json, checkpoints/")
     t.add_argument("--resume", default=None,
-                   help="'auto' (OUT/checkpoints/last.pt if present) or a checkpoint path")
+                   help=f"'auto' (OUT/{RunDir.CHECKPOINT_FILES[0]} if present) or a checkpoint path")
     t.set_defaults(func=_train, accepts_overrides=True)
 
     ev = sub.add_parser("evaluate", help="score a model on labelled lines (CER, WER, HTML report)")
@@ -211,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--token-file", type=Path, default=None,
                     help="with --endpoint: key_file.json or a token file (default: TEXTREC_TOKEN, "
                          "else .textrec/serve/key_file.json)")
-    pr.add_argument("--model-name", default="textrec-line", help="with --endpoint: the served model")
+    pr.add_argument("--model-name", default=MODEL_NAME, help="with --endpoint: the served model")
     pr.add_argument("images", type=Path, nargs="+", help="line image files")
     pr.add_argument("--batch-size", type=int, default=16)
     pr.set_defaults(func=_predict)

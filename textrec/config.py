@@ -110,7 +110,7 @@ def coerce(value: Any, tp: Any, *, key: str = "") -> Any:
     if isinstance(value, str) and tp is not str and tp is not Any:
         return parse_text(value, tp, key=key)
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key or 'config'}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where=f"{key}." if key else "")
@@ -191,7 +191,7 @@ def _set_path(cls: type, data: dict[str, Any], parts: list[str], text: str, wher
         raise _unknown_key(head, where, cls)
     tp = _hints(cls)[head]
     key = f"{where}{head}"
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not rest:
             raise ConfigError(f"{key} is a section; set one of its keys, e.g. {key}.{next(iter(_fields(tp)))}=...")
         sub = data.setdefault(head, {})
@@ -231,11 +231,15 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return dict(data)
 
 
-def load(cls: type[T], yaml_path: str | os.PathLike | None = None,
+def load(cls: type[T], source: str | os.PathLike | Mapping[str, Any] | None = None,
          overrides: Sequence[str] = ()) -> T:
-    """``cls`` from its defaults, then the YAML file (if any), then the dotted overrides in order."""
-    data = read_yaml(yaml_path) if yaml_path else {}
-    where = f"{yaml_path}: " if yaml_path else ""
+    """``cls`` from its defaults, then ``source`` (a YAML file or its parsed mapping), then the dotted
+    overrides in order."""
+    if isinstance(source, Mapping):
+        data, where = dict(source), ""
+    else:
+        data = read_yaml(source) if source else {}
+        where = f"{source}: " if source else ""
     try:
         from_dict(cls, data)  # check the file alone first, so errors name it
     except ConfigError as e:

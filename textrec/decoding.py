@@ -1,5 +1,8 @@
 """Turn per-frame class scores into text: CTC greedy and prefix beam search, a character n-gram LM.
 
+:class:`DecoderSpec` is the one description of a decoder: training chooses one on val, the model
+artifact stores its :meth:`~DecoderSpec.to_dict`, and every model's ``recognise`` takes it.
+
 Conventions: ``log_probs`` is (T, B, C) log-softmax output with the CTC blank at index 0 and character
 ``i`` at index ``i`` of :class:`textrec.charset.Charset` (1-based); ``lengths`` (B,) are the valid frames.
 
@@ -26,9 +29,11 @@ A hand-made example where the best path and the best labelling differ (charset `
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +41,79 @@ import torch
 from textrec.charset import DEFAULT_CHARSET, Charset
 
 NEG_INF = -math.inf
+DECODER_KINDS = ("greedy", "beam")
+DEFAULT_BEAM = 10  # the one default beam width: DecoderSpec, ctc_beam_search and training's DecodeConfig
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """How to turn a model's scores into text; stored in the model artifact so serving repeats it.
+
+    ``kind`` is "greedy" or "beam" (beam search of width ``beam``). ``lm_weight`` and
+    ``insertion_bonus`` are the shallow-fusion terms of CTC beam search (see :func:`ctc_beam_search`);
+    the LM weight acts only when a language model is passed along, and only for models whose
+    ``uses_lm`` is true. A greedy decoder keeps ``beam`` (artifacts have always written it) but takes
+    no fusion terms.
+
+    >>> DecoderSpec().label(), DecoderSpec("beam", lm_weight=0.3).label(), DecoderSpec("beam", 16).label()
+    ('greedy', 'beam10+lm0.3', 'beam16')
+    >>> DecoderSpec.from_dict({"kind": "beam", "beam": 8, "lm_weight": 0.5}) == DecoderSpec("beam", 8, 0.5)
+    True
+    >>> DecoderSpec("beam", beam=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: decoder beam width must be an integer >= 1, got 0
+    """
+
+    kind: str = "greedy"
+    beam: int = DEFAULT_BEAM
+    lm_weight: float = 0.0
+    insertion_bonus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or self.kind not in DECODER_KINDS:
+            raise ValueError(f"unknown decoder kind {self.kind!r}; expected one of "
+                             f"{', '.join(DECODER_KINDS)}")
+        if isinstance(self.beam, bool) or not isinstance(self.beam, numbers.Integral) or self.beam < 1:
+            raise ValueError(f"decoder beam width must be an integer >= 1, got {self.beam!r}")
+        object.__setattr__(self, "beam", int(self.beam))
+        for name in ("lm_weight", "insertion_bonus"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"decoder {name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))  # artifacts and YAML may give ints
+        if self.lm_weight < 0:
+            raise ValueError(f"decoder lm_weight must be >= 0, got {self.lm_weight!r}")
+        if self.kind == "greedy" and (self.lm_weight or self.insertion_bonus):
+            raise ValueError(f"a greedy decoder takes no lm_weight or insertion_bonus, got lm_weight="
+                             f"{self.lm_weight!r}, insertion_bonus={self.insertion_bonus!r}; use kind 'beam'")
+
+    def label(self) -> str:
+        """A short name for logs and metrics: "greedy", "beam10", "beam10+lm0.3"."""
+        if self.kind == "greedy":
+            return "greedy"
+        out = f"beam{self.beam}"
+        if self.lm_weight:
+            out += f"+lm{self.lm_weight:g}"
+        if self.insertion_bonus:
+            out += f"+ins{self.insertion_bonus:g}"
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types for the model artifact (``torch.load(weights_only=True)`` reads them)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DecoderSpec:
+        """From :meth:`to_dict` or any artifact written so far (``{"kind", "beam", "lm_weight"}``, or
+        fewer keys): missing keys take their defaults, unknown keys are an error."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"decoder settings must be a mapping, got {type(data).__name__}: {data!r}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            raise ValueError(f"decoder settings have unknown keys {unknown}; expected some of {known}")
+        return cls(**data)
 
 
 @dataclass
@@ -207,9 +285,9 @@ def _lse(a: float, b: float) -> float:
     return b + math.log1p(math.exp(a - b))
 
 
-def ctc_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, charset: Charset, *, beam: int = 10,
-                    lm: CharNgramLM | None = None, lm_weight: float = 0.5, insertion_bonus: float = 0.0,
-                    prune: float = 1e-3) -> list[Recognition]:
+def ctc_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, charset: Charset, *,
+                    beam: int = DEFAULT_BEAM, lm: CharNgramLM | None = None, lm_weight: float = 0.5,
+                    insertion_bonus: float = 0.0, prune: float = 1e-3) -> list[Recognition]:
     """CTC prefix beam search, optionally with a character LM (shallow fusion).
 
     Each prefix keeps two log probabilities, ending in a blank and ending in its last character, so a
@@ -233,6 +311,15 @@ def ctc_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, charset: Cha
         text = _beam_one(frames, charset, beam, lm, weight, insertion_bonus, log_prune)
         out.append(_aligned(frames, text, charset))
     return out
+
+
+def ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor, charset: Charset, decoder: DecoderSpec,
+               lm: CharNgramLM | None = None) -> list[Recognition]:
+    """Decode CTC scores as ``decoder`` says: greedy, or prefix beam search with ``lm`` fused in."""
+    if decoder.kind == "greedy":
+        return ctc_greedy(log_probs, lengths, charset)
+    return ctc_beam_search(log_probs, lengths, charset, beam=decoder.beam, lm=lm, lm_weight=decoder.lm_weight,
+                           insertion_bonus=decoder.insertion_bonus)
 
 
 def _candidates(lp: np.ndarray, k: int, log_prune: float) -> list[list[int]]:
@@ -273,20 +360,20 @@ def _beam_one(lp: np.ndarray, charset: Charset, beam: int, lm: CharNgramLM | Non
                 ch = chars[c - 1]
                 new = prefix + ch
                 p = (pb if ch == last else total) + row[c]
-                e = nxt.get(new)
-                if e is None:
+                seen = nxt.get(new)
+                if seen is None:
                     nxt[new] = [NEG_INF, p]
                 else:
-                    e[1] = _lse(e[1], p)
+                    seen[1] = _lse(seen[1], p)
                 if new not in extra:
-                    extra[new] = base + bonus + (weight * lm.log_prob(prefix, ch) if weight else 0.0)
+                    extra[new] = base + bonus + (weight * lm.log_prob(prefix, ch) if lm is not None and weight else 0.0)
         if len(nxt) > beam:
             scored = sorted(((_lse(e[0], e[1]) + extra[p], p) for p, e in nxt.items()), reverse=True)
             nxt = {p: nxt[p] for _, p in scored[:beam]}
         beams = nxt
 
     def final(item: tuple[str, list[float]]) -> float:
-        end = weight * lm.log_prob_end(item[0]) if weight else 0.0
+        end = weight * lm.log_prob_end(item[0]) if lm is not None and weight else 0.0
         return _lse(*item[1]) + extra[item[0]] + end
 
     return max(beams.items(), key=final)[0]

@@ -9,26 +9,31 @@ HTML page (the worst lines as image, truth and prediction, plus a CER summary) a
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from textrec.artifact import atomic_open
+from textrec.io import atomic_write
 from textrec.metrics import cer as cer_score
 from textrec.metrics import line_cer
 from textrec.metrics import wer as wer_score
 from textrec.recognizer import Recognizer, read_image
 
+if TYPE_CHECKING:
+    from textrec.tracking import StepTracking
+
 Sample = tuple[np.ndarray, str] | tuple[np.ndarray, str, str]  # (image, truth[, name])
 CER_BINS = (0.0, 0.05, 0.10, 0.25, 0.5)
+TEST_SPLIT = "test"  # the fixed split that models are compared on
 
 
 class EvalDataError(ValueError):
@@ -124,7 +129,7 @@ def _drop_images(rows: list[EvalRow], keep: int) -> None:
 # Labelled data sources
 
 
-def store_samples(store_path: str | os.PathLike, split: str = "test", limit: int | None = None
+def store_samples(store_path: str | os.PathLike, split: str = TEST_SPLIT, limit: int | None = None
                   ) -> Iterator[Sample]:
     from textrec.data.store import LineStore
 
@@ -135,6 +140,30 @@ def store_samples(store_path: str | os.PathLike, split: str = "test", limit: int
                             f"{store.info()['splits']}")
     for i in idx[:limit]:
         yield store.image(int(i)), store.text(int(i)), f"{split}/{int(i)}"
+
+
+def split_samples(stores: Sequence[str | os.PathLike], split: str = TEST_SPLIT) -> list[Sample]:
+    """(image, truth, name) of every line in ``split`` of each store that has it, in store order."""
+    from textrec.data.store import LineStore
+
+    samples: list[Sample] = []
+    for p in stores:
+        if LineStore(p).info()["splits"].get(split):
+            samples += [(s[0], s[1], f"{Path(p).stem}/{s[2]}") for s in store_samples(p, split) if len(s) == 3]
+    if not samples:
+        raise EvalDataError(f"no {split!r} lines in {[str(p) for p in stores]}")
+    return samples
+
+
+def eval_set_hash(samples: Iterable[Sample]) -> str:
+    """SHA-256 over an evaluation set's images and texts, in order: equal hashes mean equal sets."""
+    h = hashlib.sha256()
+    for image, text, *_ in samples:
+        a = np.ascontiguousarray(np.asarray(image))
+        for part in (str(a.shape).encode(), a.tobytes(), text.encode()):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    return h.hexdigest()
 
 
 def evaluate_store(model: Recognizer | str | os.PathLike, store_path: str | os.PathLike, split: str = "test",
@@ -236,15 +265,10 @@ def evaluate_iam_lines(model: Recognizer | str | os.PathLike, folder: str | os.P
 def _png_base64(image: np.ndarray, max_width: int = 900) -> str:
     im = Image.fromarray(np.asarray(image, dtype=np.uint8))
     if im.width > max_width:
-        im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.BILINEAR)
+        im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(text.encode("utf-8"))
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
@@ -277,7 +301,40 @@ def render_html(report: EvalReport, worst: int = 20) -> str:
 def write_report(report: EvalReport, out_dir: str | os.PathLike, worst: int = 20) -> Path:
     """Write ``out_dir/report.html`` (worst lines with images, CER summary) and ``out_dir/report.json``."""
     out = Path(out_dir)
-    _atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=2))
+    atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=2))
     path = out / "report.html"
-    _atomic_write(path, render_html(report, worst))
+    atomic_write(path, render_html(report, worst))
     return path
+
+
+def evaluate_split(model_pt: str | os.PathLike, stores: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                   *, step: StepTracking | None = None) -> dict[str, Any]:
+    """The pipeline's evaluate step: CER/WER on the fixed test split of ``stores``, an HTML report and a
+    picture of the worst lines in ``out_dir``, all logged to the step's MLflow run.
+
+    Returns ``cer``, ``wer``, ``n``, ``eval_set_hash`` (what the promotion gate compares on) and
+    ``report`` (the HTML file).
+    """
+    import mlflow
+
+    from textrec import tracking
+    from textrec.data.show import save_prediction_grid
+
+    step = step or tracking.StepTracking()
+    samples = split_samples(stores)
+    eval_hash = eval_set_hash(samples)
+    # The step's run spans the evaluation itself, so its wall time in MLflow is the step's.
+    with tracking.step_run("evaluate", step.pipeline_run_id, tracking_uri=step.uri, experiment=step.experiment,
+                           tags={tracking.TAG_EVAL_SET: eval_hash}) as run_id:
+        report = evaluate(model_pt, samples,
+                          source=f"{TEST_SPLIT} split of {', '.join(Path(p).name for p in stores)}")
+        out = Path(out_dir)
+        html_path = write_report(report, out)
+        grid = save_prediction_grid(report.rows, out / "predictions.png")
+        scores = {"test_cer": report.cer, "test_wer": report.wer, "test_n": report.n}
+        mlflow.log_metrics(scores)
+        for f in (html_path, out / "report.json", grid):
+            mlflow.log_artifact(str(f))
+        tracking.log_to_parent(run_id, scores, tracking_uri=step.uri)
+    return {"cer": report.cer, "wer": report.wer, "n": report.n, "eval_set_hash": eval_hash,
+            "report": str(html_path)}

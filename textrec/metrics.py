@@ -11,8 +11,9 @@ that is how published CER/WER figures are computed. Words are whitespace-separat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import editdistance
 
@@ -80,3 +81,14 @@ def line_cer(prediction: str, reference: str) -> float:
     0.25
     """
     return _rate(editdistance.eval(prediction, reference), len(reference))
+
+
+def numeric(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite plain numbers among ``values`` (what MLflow and KFP metrics can hold); booleans,
+    text, NaN and infinities are left out.
+
+    >>> numeric({"cer": 0.1, "n": 3, "ok": True, "name": "x", "lr": float("nan"), "best": float("inf")})
+    {'cer': 0.1, 'n': 3.0}
+    """
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}

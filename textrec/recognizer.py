@@ -2,6 +2,7 @@
 
 Prediction, evaluation and the TorchServe handler all go through :class:`Recognizer`, so they share
 the artifact's stem (the same preprocessing the model was trained with) and its chosen decoder.
+Image files become grey through :func:`textrec.stem.to_grey`, the conversion the stem itself uses.
 
     rec = Recognizer.load("runs/cpu/model.pt")            # or s3://bucket/models/model.pt
     [r.text for r in rec.recognise(["line1.png", "line2.png"])]
@@ -14,18 +15,20 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from textrec.charset import Charset
-from textrec.stem import LineStem
+from textrec.decoding import CharNgramLM, DecoderSpec
+from textrec.stem import LineStem, to_grey
+
+if TYPE_CHECKING:
+    from textrec.models import LineModel
 
 DEFAULT_MAX_PIXELS = 10_000_000
-_COLOUR_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "RGBa", "La", "CMYK", "YCbCr", "LAB", "HSV"}
-_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}  # integer grey: scaled to 8 bits
 
 ImageInput = np.ndarray | Image.Image | str | os.PathLike | bytes
 
@@ -34,30 +37,11 @@ class ImageError(ValueError):
     """Bytes that are not a usable line image: not an image, empty, truncated, too large, odd mode."""
 
 
-def _to_gray(im: Image.Image, name: str) -> np.ndarray:
-    """Any supported PIL image -> (H, W) uint8, dark ink on light paper."""
-    mode = im.mode
-    if mode in _WIDE_MODES:
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or (a.size and a.max() > 255) else 255.0
-        return np.clip(a / top * 255.0, 0, 255).round().astype(np.uint8)
-    if mode not in _COLOUR_MODES:
-        # e.g. "F" (32-bit float): no agreed grey scale, so refuse rather than guess
-        raise ImageError(f"{name}: unsupported image mode {mode!r}; expected grey, colour or 8/16-bit "
-                         "integer pixels")
-    if "A" in mode or "a" in mode or (mode == "P" and "transparency" in im.info):
-        # Transparent pixels are paper: composite onto white before dropping alpha.
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)
-    return np.asarray(im.convert("L"), dtype=np.uint8)
-
-
 def decode_image(data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes (PNG, JPEG, TIFF, ...) -> (H, W) uint8 grayscale.
 
     Raises :class:`ImageError` naming ``name`` for empty, non-image, truncated or oversized input
-    and for modes that have no grayscale meaning.
+    and for modes that :func:`textrec.stem.to_grey` refuses (such as 32-bit float "F").
     """
     if not data:
         raise ImageError(f"{name}: empty input (0 bytes), expected an encoded image")
@@ -79,7 +63,10 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_
         raise ImageError(f"{name}: too many pixels ({e})") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: unreadable or truncated image ({e})") from e
-    return _to_gray(im, name)
+    try:
+        return to_grey(im, name)
+    except ValueError as e:
+        raise ImageError(str(e)) from e
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -102,18 +89,17 @@ def pad_images(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
 class Recognizer:
     """A model artifact, ready to read lines."""
 
-    def __init__(self, model: torch.nn.Module, info: dict[str, Any], *, device: str | torch.device = "cpu",
+    def __init__(self, model: LineModel, info: dict[str, Any], *, device: str | torch.device = "cpu",
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        from textrec.decoding import CharNgramLM
-
         self.model = model.to(device).eval()
         self.info = info
         self.device = torch.device(device)
         self.max_pixels = max_pixels
         self.charset = Charset(info["charset"])
         self.stem = LineStem.from_dict(info["stem"])
-        self.decoder: dict[str, Any] = dict(info.get("decoder") or {"kind": "greedy"})
-        self.lm = CharNgramLM.from_dict(info["lm"]) if info.get("lm") else None
+        self.decoder = DecoderSpec.from_dict(info.get("decoder") or {})
+        # A model that does not use an LM never gets one (older artifacts of such models may carry one).
+        self.lm = CharNgramLM.from_dict(info["lm"]) if info.get("lm") and model.uses_lm else None
 
     @classmethod
     def load(cls, path_or_uri: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -142,13 +128,11 @@ class Recognizer:
         """Stem outputs -> Recognitions, batched by width, returned in input order."""
         order = sorted(range(len(tensors)), key=lambda i: tensors[i].shape[-1])
         out: list = [None] * len(tensors)
-        kind = self.decoder.get("kind", "greedy")
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             images, widths = pad_images([tensors[i] for i in idx])
-            results = self.model.recognise(images.to(self.device), widths.to(self.device), decoder=kind,
-                                           beam=int(self.decoder.get("beam", 10)), lm=self.lm,
-                                           lm_weight=float(self.decoder.get("lm_weight", 0.0)))
+            results = self.model.recognise(images.to(self.device), widths.to(self.device), self.decoder,
+                                           self.lm)
             for i, r in zip(idx, results, strict=True):
                 out[i] = r
         return out

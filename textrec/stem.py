@@ -4,7 +4,8 @@ Every path that feeds a model goes through :class:`LineStem`, so what the model 
 it sees in production (train/serve skew is a bug). The steps, all on uint8 pixels with numpy and PIL so
 they stay cheap inside DataLoader workers:
 
-1. **Grey.** Any PIL mode or array layout becomes (H, W) uint8 with dark ink on light paper.
+1. **Grey.** Any PIL grey or colour mode or array layout becomes (H, W) uint8 with dark ink on light
+   paper (:func:`to_grey`, also what decoding image files for prediction and serving calls).
 2. **Crop to ink.** A percentile threshold from the histogram (:func:`ink_threshold`) splits ink
    from paper; ink pixels with fewer than three ink pixels in their 3x3 neighbourhood are dropped as
    specks; the crop keeps every ink column and trims the outermost 0.1 % of ink rows, so a few
@@ -111,7 +112,7 @@ class LineStem:
         h, w = grey.shape
         width = min(cfg.max_width, max(MIN_WIDTH, round(w * cfg.height / h)))
         if (h, w) != (cfg.height, width):
-            grey = np.asarray(Image.fromarray(grey).resize((width, cfg.height), Image.BILINEAR))
+            grey = np.asarray(Image.fromarray(grey).resize((width, cfg.height), Image.Resampling.BILINEAR))
         return ink_contrast(grey, has_ink)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,72 +133,100 @@ class LineStem:
 # Step 1: any image -> (H, W) uint8 grey, dark ink on light paper
 
 
-def to_grey(image: np.ndarray | Image.Image) -> np.ndarray:
-    """Convert a PIL image or array to (H, W) uint8; alpha is composited onto white paper.
+# PIL modes by how they become grey. "F" (32-bit float, as float TIFFs decode) is in neither: its
+# pixels have no agreed scale (0-1? 0-255? calibrated units?), so it is refused rather than guessed.
+_GREY_AND_COLOUR_MODES = frozenset({"1", "L", "P", "RGB", "RGBX", "RGBA", "LA", "PA", "RGBa", "La", "CMYK",
+                                    "YCbCr", "LAB", "HSV"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_INTEGER_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})  # wide integer grey, scaled to 8 bits
 
-    >>> to_grey(np.array([[0, 65535]], np.uint16)).tolist()
-    [[0, 255]]
+
+def to_grey(image: np.ndarray | Image.Image, name: str = "line image") -> np.ndarray:
+    """Convert a PIL image or array to (H, W) uint8, dark ink on light paper: the one grey conversion
+    (the stem calls it, and so does decoding uploaded or on-disk image files). Errors start with ``name``.
+
+    PIL images: grey and colour modes convert as PIL's "L" does, with transparent pixels composited
+    onto white paper; 16-bit grey ("I;16*") is scaled by 1/257, 32-bit integer grey ("I") too when a
+    pixel is above 255 (else it is read as 8-bit). Mode "F" is refused: a float image file has no
+    agreed grey scale. Arrays, which the caller builds and so knows the scale of: uint8 as is,
+    bool as PIL's mode "1" (True is white), 16-bit unsigned /257, other integers as mode "I", floats
+    in [0, 1] when none is above 1 and in [0, 255] otherwise.
+
+    >>> to_grey(np.array([[0, 65535]], np.uint16)).tolist(), to_grey(np.array([[0.0, 0.5, 1.0]])).tolist()
+    ([[0, 255]], [[0, 128, 255]])
     >>> to_grey(np.zeros((2, 2, 5)))
     Traceback (most recent call last):
     ...
     ValueError: line image: expected (H, W) grey or (H, W, 1|3|4) colour pixels, got shape (2, 2, 5)
+    >>> to_grey(Image.new("F", (4, 2)), "scan.tif")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: scan.tif: unsupported image mode 'F' (32-bit float pixels have no agreed grey scale); ...
     """
     if isinstance(image, Image.Image):
-        grey = _pil_to_grey(image)
+        grey = _pil_to_grey(image, name)
     elif isinstance(image, np.ndarray):
-        grey = _array_to_grey(image)
+        grey = _array_to_grey(image, name)
     else:
-        raise TypeError(f"line image: expected a numpy array or PIL image, got {type(image).__name__}")
+        raise TypeError(f"{name}: expected a numpy array or PIL image, got {type(image).__name__}")
     if grey.size == 0:
-        raise ValueError(f"line image is empty: shape {grey.shape}")
+        raise ValueError(f"{name} is empty: shape {grey.shape}")
     return np.ascontiguousarray(grey)
 
 
-def _pil_to_grey(img: Image.Image) -> np.ndarray:
-    if img.mode == "L":
+def _pil_to_grey(img: Image.Image, name: str) -> np.ndarray:
+    mode = img.mode
+    if mode == "L":
         return np.asarray(img)
-    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
-        return _array_to_grey(np.asarray(img))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
+    if mode in _INTEGER_MODES:
+        return _to_uint8(np.asarray(img), name)
+    if mode == "F":
+        raise ValueError(f"{name}: unsupported image mode 'F' (32-bit float pixels have no agreed grey "
+                         "scale); expected grey, colour or 8/16-bit integer pixels. If you know the scale, "
+                         "pass the pixels as a float array in [0, 1]")
+    if mode not in _GREY_AND_COLOUR_MODES:
+        raise ValueError(f"{name}: unsupported image mode {mode!r}; expected grey, colour or 8/16-bit "
+                         "integer pixels")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")  # transparent pixels are paper: composite onto white, then drop alpha
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(paper, rgba).convert("L"))
+        img = Image.alpha_composite(paper, rgba)
     try:
         return np.asarray(img.convert("L"))
     except (ValueError, OSError) as e:
-        raise ValueError(f"line image: cannot convert PIL mode {img.mode!r} to grey: {e}") from e
+        raise ValueError(f"{name}: cannot convert image mode {mode!r} to grey: {e}") from e
 
 
-def _array_to_grey(a: np.ndarray) -> np.ndarray:
+def _array_to_grey(a: np.ndarray, name: str) -> np.ndarray:
     if a.ndim == 3 and a.shape[2] in (1, 3, 4):
         if a.shape[2] == 1:
             a = a[:, :, 0]
         else:
-            a = _to_uint8(a)
+            a = _to_uint8(a, name)
             mode = "RGB" if a.shape[2] == 3 else "RGBA"
-            return _pil_to_grey(Image.fromarray(a, mode))
+            return _pil_to_grey(Image.fromarray(a, mode), name)
     if a.ndim != 2:
-        raise ValueError(f"line image: expected (H, W) grey or (H, W, 1|3|4) colour pixels, got shape {a.shape}")
-    return _to_uint8(a)
+        raise ValueError(f"{name}: expected (H, W) grey or (H, W, 1|3|4) colour pixels, got shape {a.shape}")
+    return _to_uint8(a, name)
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
+def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
     """Scale by dtype: bool like PIL mode "1" (True = white), 16-bit /257, floats in [0, 1] or [0, 255]."""
     if a.dtype == np.uint8:
         return a
     if a.dtype == np.bool_:
         return a.astype(np.uint8) * 255
-    if a.dtype == np.uint16:
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2:  # either byte order (PIL's "I;16B" is big-endian)
         return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer):
         top = 65535.0 if a.size and a.max() > 255 else 255.0
         return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
     if np.issubdtype(a.dtype, np.floating):
         if a.size and not np.isfinite(a).all():
-            raise ValueError("line image has NaN or infinite pixels")
+            raise ValueError(f"{name} has NaN or infinite pixels")
         top = 1.0 if a.size == 0 or a.max() <= 1.0 else 255.0
         return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
-    raise ValueError(f"line image: unsupported pixel dtype {a.dtype}")
+    raise ValueError(f"{name}: unsupported pixel dtype {a.dtype}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -313,13 +342,13 @@ def distort(grey: np.ndarray, cfg: StemConfig, rng: np.random.Generator) -> np.n
     work_h = round(1.5 * cfg.height)  # cheap, yet fine enough that a 3x3 filter moves strokes by <1 output px
     img = Image.fromarray(grey)
     if img.height > 2 * work_h:  # antialiased shrink first; the affine warp below does not antialias
-        img = img.resize((max(1, round(img.width * work_h / img.height)), work_h), Image.BILINEAR)
+        img = img.resize((max(1, round(img.width * work_h / img.height)), work_h), Image.Resampling.BILINEAR)
     img = _warp(img, cfg, rng, work_h)
     img = _stroke(img, cfg, rng)
     if rng.random() < cfg.low_res:
         f = rng.uniform(0.4, 0.9) * cfg.height / img.height
         small = (max(2, round(img.width * f)), max(2, round(img.height * f)))
-        img = img.resize(small, Image.BILINEAR).resize(img.size, Image.BILINEAR)
+        img = img.resize(small, Image.Resampling.BILINEAR).resize(img.size, Image.Resampling.BILINEAR)
     if rng.random() < cfg.blur:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.5)))
     return _contrast(np.asarray(img), cfg, rng)
@@ -342,7 +371,7 @@ def _warp(img: Image.Image, cfg: StemConfig, rng: np.random.Generator, work_h: i
     offset = inv @ lo  # output pixel (u, v) samples input inv @ ((u, v) + lo)
     paper = _quantile(np.bincount(np.asarray(img).ravel(), minlength=256), 0.5)
     coeffs = (inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1])
-    return img.transform((int(size[0]), int(size[1])), Image.AFFINE, coeffs, Image.BILINEAR, fillcolor=paper)
+    return img.transform((int(size[0]), int(size[1])), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=paper)
 
 
 def _stroke(img: Image.Image, cfg: StemConfig, rng: np.random.Generator) -> Image.Image:

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from textrec.io import atomic_copy, atomic_path
+
 
 class StorageError(RuntimeError):
     """A URI cannot be read or written; the message names it."""
@@ -65,7 +67,7 @@ def download(uri: str, dest: str | os.PathLike) -> Path:
         if src.is_dir():
             shutil.copytree(src, dest, dirs_exist_ok=True)
         else:
-            _atomic_copy(src, dest)
+            atomic_copy(src, dest)
         return dest
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -88,29 +90,9 @@ def download(uri: str, dest: str | os.PathLike) -> Path:
 
 
 def _s3_get(client, bucket: str, key: str, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a copied file should read like any other
-    try:
-        client.download_file(bucket, key, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(dest, suffix=".part") as tmp:
+        client.download_file(bucket, key, str(tmp))
 
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a copied file should read like any other
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def upload(src: str | os.PathLike, uri: str) -> str:

@@ -143,7 +143,7 @@ def _mask(font: ImageFont.FreeTypeFont, text: str) -> np.ndarray:
 def _caps_overlap(font: ImageFont.FreeTypeFont) -> float:
     """Median overlap (IoU) of lowercase and capital letter shapes, each scaled to the same box."""
     def shape(c: str) -> np.ndarray:
-        return np.asarray(Image.fromarray(_mask(font, c)).resize((24, 24), Image.BILINEAR)) > 96
+        return np.asarray(Image.fromarray(_mask(font, c)).resize((24, 24), Image.Resampling.BILINEAR)) > 96
 
     ious = []
     for c in _CAPS_LETTERS:
@@ -200,7 +200,7 @@ def check_font(path: str | os.PathLike, charset: Charset = DEFAULT_CHARSET) -> l
     except OSError:  # not a variable font
         variations = []
     specs = []
-    for variation in variations or [None]:
+    for variation in variations or [None]:  # type: ignore[list-item]  # None: the font as it is
         if variation is not None:
             font.set_variation_by_name(variation)
         body, xheight = _check_face(path, font, charset)

@@ -271,8 +271,10 @@ def load_gray(path: Path) -> np.ndarray:
         raise IAMError(f"{path}: unreadable or truncated image ({e})") from e
 
 
-def crop(image: np.ndarray, box: tuple[int, int, int, int], margin: int, what: str) -> np.ndarray:
+def crop(image: np.ndarray, box: tuple[int, int, int, int] | None, margin: int, what: str) -> np.ndarray:
     """``box`` plus ``margin`` on every side, clipped to the image."""
+    if box is None:
+        raise IAMError(f"{what}: no box (no word or component with coordinates)")
     h, w = image.shape
     x0, y0 = max(box[0] - margin, 0), max(box[1] - margin, 0)
     x1, y1 = min(box[2] + margin, w), min(box[3] + margin, h)
@@ -290,7 +292,7 @@ def line_image_path(lines_dir: Path, line_id: str) -> Path:
 
 
 def _read_forms(layout: Layout, charset: Charset) -> list[IamForm]:
-    if not layout.has_forms:
+    if layout.xml_dir is None or not layout.has_forms:
         return []
     forms = [parse_form_xml(p, charset) for p in sorted(layout.xml_dir.glob("*.xml"))]
     return [f for f in forms if f.id in layout.form_images or not layout.has_lines]
@@ -305,6 +307,8 @@ def _writers(layout: Layout, forms: list[IamForm]) -> dict[str, str]:
 
 def _write_cut_lines(writer: LineWriter, layout: Layout, writers: dict[str, str],
                      official: dict[str, str] | None, charset: Charset, progress: bool) -> None:
+    if layout.lines_txt is None or layout.lines_dir is None:
+        raise IAMError(f"{layout.root}: no lines.txt and lines/ folder to read cut lines from")
     lines = parse_lines_txt(layout.lines_txt, charset)
     for line in tqdm(lines, desc="IAM lines", unit="line", disable=not progress):
         line.writer = writers.get(line.form, "")

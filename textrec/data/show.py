@@ -1,4 +1,4 @@
-"""A picture of a line store: a grid of line images, each with its text printed beneath it.
+"""Pictures of lines: a grid of a line store's images with their texts, and of a model's worst readings.
 
 Meant to be read at a glance by a person checking a dataset: are the images right side up, do the
 texts match, do the splits and writers look sensible? Each cell shows, from the top: the line's index,
@@ -9,13 +9,15 @@ the transcription in a plain font.
 from __future__ import annotations
 
 import os
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from textrec.data.store import LineStore
+from textrec.io import atomic_path
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 LINE_HEIGHT = 56  # px of every line image in the grid
@@ -44,7 +46,7 @@ def _scaled(image: np.ndarray) -> Image.Image:
     h, w = image.shape
     scale = min(LINE_HEIGHT / h, COLUMN_WIDTH / w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return Image.fromarray(image).resize(size, Image.LANCZOS)
+    return Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)
 
 
 def _cell(store: LineStore, i: int) -> Image.Image:
@@ -99,14 +101,29 @@ def save_grid(store_path: str | os.PathLike, out_png: str | os.PathLike, *, n: i
     return _save_png(grid, Path(out_png))
 
 
+def save_prediction_grid(rows: Sequence[Any], out_png: str | os.PathLike, *, n: int = 12) -> Path:
+    """A PNG of the ``n`` worst-read lines: each image with its truth and the model's reading beneath.
+
+    ``rows`` are evaluation rows (``image``, ``truth``, ``prediction``, ``cer``); rows without an
+    image are skipped.
+    """
+    shown = sorted((r for r in rows if r.image is not None), key=lambda r: r.cer, reverse=True)[:n]
+    cell_h = LINE_HEIGHT + 2 * (TEXT_SIZE + 6) + PAD
+    canvas = Image.new("RGB", (COLUMN_WIDTH + 2 * PAD, PAD + max(1, len(shown)) * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, r in enumerate(shown):
+        y = PAD + k * cell_h
+        line = _scaled(np.asarray(r.image, dtype=np.uint8))
+        canvas.paste(line.convert("RGB"), (PAD, y))
+        truth, read = f"truth: {r.truth}", f"read:  {r.prediction}   (CER {r.cer:.0%})"
+        y += LINE_HEIGHT + 4
+        draw.text((PAD, y), truth, fill=INK, font=_fit_text(draw, truth, TEXT_SIZE, COLUMN_WIDTH))
+        draw.text((PAD, y + TEXT_SIZE + 6), read, fill=(170, 0, 0) if r.cer > 0 else (0, 120, 0),
+                  font=_fit_text(draw, read, TEXT_SIZE, COLUMN_WIDTH))
+    return _save_png(canvas, Path(out_png))
+
+
 def _save_png(image: Image.Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", optimize=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -28,9 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import h5py
 import numpy as np
 
 from textrec.charset import Charset
+from textrec.io import atomic_path, publish, temp_beside
 
 LINES_FORMAT = "textrec-lines"
 CHARS_FORMAT = "textrec-chars"
@@ -59,14 +59,6 @@ class Line:
     source: str
     writer: str = ""
     ok: bool = True
-
-
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a finished store is read by other users and pods
-    return Path(tmp)
 
 
 class LineWriter:
@@ -90,7 +82,7 @@ class LineWriter:
         self._hash = hashlib.sha256()
         self._buf: list[Line] = []
         self._n = 0
-        self._tmp = _atomic_target(self.path)
+        self._tmp = temp_beside(self.path)
         self._f: h5py.File | None = None
         try:
             self._f = h5py.File(self._tmp, "w")
@@ -138,6 +130,8 @@ class LineWriter:
     def _flush(self) -> None:
         if not self._buf:
             return
+        if self._f is None:
+            raise StoreError(f"{self.path}: the writer is closed")
         g, k, n = self._f["lines"], len(self._buf), self._n
         cols = {
             "image": [ln.image.ravel() for ln in self._buf],
@@ -173,7 +167,7 @@ class LineWriter:
                      content_hash=self._hash.hexdigest(), n=self._n)
             self._f.close()
             self._f = None
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)
         except BaseException:
             self.abort()  # e.g. a full disk: drop the temp file, leave the target as it was
             raise
@@ -315,25 +309,19 @@ def write_chars(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
     h = hashlib.sha256(images.tobytes())
     h.update(np.asarray(labels, np.int32).tobytes())
     h.update(np.asarray(splits, np.uint8).tobytes())
-    tmp = _atomic_target(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            g = f.create_group("chars")
-            # whole-glyph chunks: h5py's automatic guess for (N, 28, 28) slices glyphs into 2x2 tiles,
-            # which makes reading EMNIST several times slower
-            packed = {"chunks": (min(len(images), 4096), *images.shape[1:]), "compression": "gzip",
-                      "compression_opts": 1} if len(images) else {}
-            g.create_dataset("image", data=images, **packed)
-            g.create_dataset("label", data=np.asarray(labels, np.int32))
-            g.create_dataset("split", data=np.asarray(splits, np.uint8))
-            f.attrs.update(format=CHARS_FORMAT, version=FORMAT_VERSION, mapping=mapping,
-                           splits=json.dumps(list(split_names)),
-                           meta=json.dumps(meta or {}, sort_keys=True, default=str),
-                           content_hash=h.hexdigest(), n=len(images))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        g = f.create_group("chars")
+        # whole-glyph chunks: h5py's automatic guess for (N, 28, 28) slices glyphs into 2x2 tiles,
+        # which makes reading EMNIST several times slower
+        packed = {"chunks": (min(len(images), 4096), *images.shape[1:]), "compression": "gzip",
+                  "compression_opts": 1} if len(images) else {}
+        g.create_dataset("image", data=images, **packed)
+        g.create_dataset("label", data=np.asarray(labels, np.int32))
+        g.create_dataset("split", data=np.asarray(splits, np.uint8))
+        f.attrs.update(format=CHARS_FORMAT, version=FORMAT_VERSION, mapping=mapping,
+                       splits=json.dumps(list(split_names)),
+                       meta=json.dumps(meta or {}, sort_keys=True, default=str),
+                       content_hash=h.hexdigest(), n=len(images))
     return path
 
 
@@ -392,3 +380,36 @@ def open_store(path: str | os.PathLike) -> LineStore | CharStore:
     if fmt == CHARS_FORMAT:
         return CharStore(p)
     raise StoreError(f"{p}: not a textrec store (format {fmt!r})")
+
+
+# ------------------------------------------------------------------------------ a folder of stores
+
+def find_line_stores(folder: str | os.PathLike) -> list[Path]:
+    """The line stores (``*.h5`` of format textrec-lines) in a dataset folder, by name."""
+    found = []
+    for p in sorted(Path(folder).glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            if f.attrs.get("format") == LINES_FORMAT:
+                found.append(p)
+    if not found:
+        raise FileNotFoundError(f"{folder}: no line stores (*.h5 of format {LINES_FORMAT!r})")
+    return found
+
+
+def combine_hashes(hashes: Iterable[str]) -> str:
+    """One hash for several stores' content hashes, independent of their order."""
+    h = hashlib.sha256()
+    for part in sorted(hashes):
+        h.update(part.encode())
+    return h.hexdigest()
+
+
+def describe_stores(stores: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """Names, line counts per split, and one content hash over all the stores (a dataset's identity)."""
+    infos = [LineStore(p).info() for p in stores]
+    splits: dict[str, int] = {}
+    for info in infos:
+        for k, v in info["splits"].items():
+            splits[k] = splits.get(k, 0) + v
+    return {"stores": [Path(p).name for p in stores], "lines": sum(i["n"] for i in infos), "splits": splits,
+            "content_hash": combine_hashes(i["content_hash"] for i in infos)}

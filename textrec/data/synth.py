@@ -15,6 +15,7 @@ worker processes. The height is left natural (~45-85 px with tight margins): the
 from __future__ import annotations
 
 import io
+import math
 import multiprocessing as mp
 import os
 from collections.abc import Iterator, Sequence
@@ -241,7 +242,7 @@ class LineRenderer:
         shift = inv @ lo
         data = (inv[0, 0], inv[0, 1], shift[0], inv[1, 0], inv[1, 1], shift[1])
         size = (int(np.ceil(hi[0] - lo[0])) + 1, int(np.ceil(hi[1] - lo[1])) + 1)
-        mask = mask.transform(size, Image.AFFINE, data, resample=Image.BILINEAR, fillcolor=0)
+        mask = mask.transform(size, Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR, fillcolor=0)
         if rng.random() < c.thicken_p:
             mask = mask.filter(ImageFilter.MaxFilter(3))
         gamma = np.linspace(0.0, 1.0, 256, dtype=np.float32) ** _u(rng, c.ink_gamma)
@@ -299,7 +300,7 @@ class LineRenderer:
     def _smooth_field(self, rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
         """Low-frequency noise in about [-1, 1]: random values on a coarse grid, bilinearly upscaled."""
         small = rng.standard_normal((h // cell + 2, w // cell + 2)).astype(np.float32)
-        img = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+        img = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.float32)
 
     def _compose(self, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -340,7 +341,7 @@ class LineRenderer:
         if rng.random() < c.lowres_p:
             s = max(_u(rng, c.lowres), min(1.0, 7.0 / max(xheight, 1.0)))
             small = (max(1, int(img.width * s)), max(1, int(img.height * s)))
-            img = img.resize(small, Image.BILINEAR).resize(img.size, Image.BILINEAR)
+            img = img.resize(small, Image.Resampling.BILINEAR).resize(img.size, Image.Resampling.BILINEAR)
         if rng.random() < c.jpeg_p:
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=int(rng.integers(c.jpeg_quality[0], c.jpeg_quality[1] + 1)))
@@ -358,14 +359,29 @@ _CHUNK = 16
 _WORKER: dict[str, Any] = {}
 
 
+# How synthetic lines are split (the one place these fractions live): train/val/test shares of n,
+# then held-out-font test lines as a further share of n (at least MIN_UNSEEN_FONT).
+SPLIT_FRACTIONS = {"train": 0.90, "val": 0.05, "test": 0.05}
+UNSEEN_FONT_FRACTION, MIN_UNSEEN_FONT = 0.05, 4
+
+
 def split_plan(n: int, seed: int) -> list[str]:
-    """The split of each line: ``n`` lines of train/val/test (90/5/5, interleaved by a seeded shuffle,
-    at least one val and one test line when n >= 3), then ``test_unseen_font`` lines, ~5% of n
-    and at least 4."""
-    n_eval = max(1, round(0.05 * n)) if n >= 3 else 0
-    plan = np.array(["train"] * (n - 2 * n_eval) + ["val"] * n_eval + ["test"] * n_eval, dtype=object)
+    """The split of each line: ``n`` lines of train/val/test (:data:`SPLIT_FRACTIONS`, interleaved by a
+    seeded shuffle, at least one val and one test line when n >= 3), then ``test_unseen_font`` lines."""
+    n_val = max(1, round(SPLIT_FRACTIONS["val"] * n)) if n >= 3 else 0
+    n_test = max(1, round(SPLIT_FRACTIONS["test"] * n)) if n >= 3 else 0
+    plan = np.array(["train"] * (n - n_val - n_test) + ["val"] * n_val + ["test"] * n_test, dtype=object)
     plan = plan[np.random.default_rng([seed, 1]).permutation(n)]
-    return [str(s) for s in plan] + ["test_unseen_font"] * max(4, round(0.05 * n))
+    return [str(s) for s in plan] + ["test_unseen_font"] * max(MIN_UNSEEN_FONT, round(UNSEEN_FONT_FRACTION * n))
+
+
+def lines_for_train(n_train: int) -> int:
+    """How many lines to synthesize so that ``n_train`` of them land in the train split.
+
+    >>> lines_for_train(900)
+    1000
+    """
+    return math.ceil(n_train / SPLIT_FRACTIONS["train"] - 1e-9)
 
 
 def _init_worker(seed: int, source: TextSource, renderers: dict[str, LineRenderer]) -> None:

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from textrec.charset import Charset
-from textrec.decoding import CharNgramLM, Recognition, ctc_beam_search, ctc_greedy
-from textrec.models.registry import LineModel, register_model
+from textrec.decoding import CharNgramLM, DecoderSpec, Recognition, ctc_decode
+from textrec.models.registry import GREEDY, LineModel, register_model
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,8 @@ class MaskedBiLSTM(nn.Module):
 class LineCnnLstm(LineModel):
     """ResNet-style conv encoder -> BiLSTM -> linear over charset + blank, trained with CTC."""
 
+    uses_lm = True  # CTC prefix beam search fuses a character LM (shallow fusion)
+
     def __init__(self, config: LineCnnLstmConfig, *, num_classes: int, height: int) -> None:
         super().__init__(config, num_classes=num_classes, height=height)
         if height < 16:
@@ -212,11 +214,11 @@ class LineCnnLstm(LineModel):
         return nll / images.shape[0]
 
     @torch.no_grad()
-    def recognise(self, images: torch.Tensor, widths: torch.Tensor, *, decoder: str = "greedy",
-                  beam: int = 10, lm: CharNgramLM | None = None, lm_weight: float = 0.0,
-                  insertion_bonus: float = 0.0, charset: Charset | None = None) -> list[Recognition]:
-        """Decode a batch: ``decoder`` is "greedy" or "beam" (prefix beam search, optional LM)."""
+    def recognise(self, images: torch.Tensor, widths: torch.Tensor, decoder: DecoderSpec = GREEDY,
+                  lm: CharNgramLM | None = None, *, charset: Charset | None = None) -> list[Recognition]:
+        """Decode a batch: greedy, or CTC prefix beam search with ``lm`` fused in (``decoder.lm_weight``)."""
         self.check_input(images, widths)
+        self.check_decoder(decoder, lm)
         charset = self.resolve_charset(charset)
         was_training = self.training
         self.eval()
@@ -224,9 +226,4 @@ class LineCnnLstm(LineModel):
             log_probs, lengths = self(images, widths)
         finally:
             self.train(was_training)
-        if decoder == "greedy":
-            return ctc_greedy(log_probs, lengths, charset)
-        if decoder == "beam":
-            return ctc_beam_search(log_probs, lengths, charset, beam=beam, lm=lm, lm_weight=lm_weight,
-                                   insertion_bonus=insertion_bonus)
-        raise ValueError(f"unknown decoder {decoder!r}; expected 'greedy' or 'beam'")
+        return ctc_decode(log_probs, lengths, charset, decoder, lm)

@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 from textrec.charset import DEFAULT_CHARSET, Charset
+from textrec.decoding import CharNgramLM, DecoderSpec, Recognition
+
+GREEDY = DecoderSpec()
 
 _MODELS: dict[str, tuple[type[LineModel], type]] = {}
 
@@ -26,9 +29,14 @@ class LineModel(nn.Module):
     + 1: index 0 is the CTC blank, characters are 1..num_classes-1), ``height`` (input rows) and
     ``charset`` used to spell decoded indices (the default charset when the sizes match; whoever loads
     a model with another charset sets it, or passes ``charset=`` to ``recognise``).
+
+    Capability, declared by each model class: ``uses_lm``, whether its decoding fuses a character
+    language model. Training fits an LM and tries LM weights only for such models, and nobody passes
+    an LM to the others (their ``recognise`` refuses one).
     """
 
     name: str = ""
+    uses_lm: bool  # each registered model states it (register_model checks)
 
     def __init__(self, config: Any, *, num_classes: int, height: int) -> None:
         super().__init__()
@@ -42,9 +50,10 @@ class LineModel(nn.Module):
         """Mean over lines of each line's negative log-likelihood of its target (a scalar)."""
         raise NotImplementedError
 
-    def recognise(self, images: torch.Tensor, widths: torch.Tensor, *, decoder: str = "greedy",
-                  beam: int = 10, lm=None, lm_weight: float = 0.0) -> list:
-        """Images (B, 1, H, W) with valid widths (B,) -> one ``textrec.decoding.Recognition`` per line."""
+    def recognise(self, images: torch.Tensor, widths: torch.Tensor, decoder: DecoderSpec = GREEDY,
+                  lm: CharNgramLM | None = None, *, charset: Charset | None = None) -> list[Recognition]:
+        """Images (B, 1, H, W) with valid widths (B,) -> one ``Recognition`` per line, decoded as
+        ``decoder`` says; ``lm`` only for a model that ``uses_lm``."""
         raise NotImplementedError
 
     def config_dict(self) -> dict[str, Any]:
@@ -63,6 +72,13 @@ class LineModel(nn.Module):
                              f"{charset.num_classes} (characters + blank)")
         return charset
 
+    def check_decoder(self, decoder: DecoderSpec, lm: CharNgramLM | None) -> None:
+        """A decoder spec (not the loose keywords of old), and an LM only for a model that uses one."""
+        if not isinstance(decoder, DecoderSpec):
+            raise TypeError(f"{self.name}: decoder must be a textrec.decoding.DecoderSpec, got {decoder!r}")
+        if lm is not None and not self.uses_lm:
+            raise ValueError(f"{self.name} does not use a language model (uses_lm is False); pass lm=None")
+
     def check_input(self, images: torch.Tensor, widths: torch.Tensor) -> None:
         """Fail early, naming what was expected, rather than deep inside a convolution."""
         if images.dim() != 4 or images.shape[1] != 1 or images.shape[2] != self.height:
@@ -77,6 +93,9 @@ def register_model(name: str, config_cls: type) -> Callable[[type[LineModel]], t
         raise TypeError(f"model {name!r}: config class {config_cls!r} must be a dataclass")
 
     def wrap(cls: type[LineModel]) -> type[LineModel]:
+        if not isinstance(cls.__dict__.get("uses_lm"), bool):
+            raise TypeError(f"model {name!r}: {cls.__qualname__} must set the class attribute uses_lm "
+                            "(a bool)")
         if name in _MODELS and _MODELS[name][0] is not cls:
             raise ValueError(f"model name {name!r} is already registered by {_MODELS[name][0].__qualname__}")
         cls.name = name

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from textrec.charset import Charset
-from textrec.decoding import Recognition
+from textrec.decoding import CharNgramLM, DecoderSpec, Recognition
 from textrec.models.line_cnn_lstm import ResNetTrunk
-from textrec.models.registry import LineModel, register_model
+from textrec.models.registry import GREEDY, LineModel, register_model
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
 @register_model("resnet_transformer", ResnetTransformerConfig)
 class ResnetTransformer(LineModel):
     """CNN encoder with 2-D positions, Transformer decoder over characters + pad/start/end tokens."""
+
+    # The decoder is itself a character language model conditioned on the image; a separate n-gram
+    # LM is not fused into its search.
+    uses_lm = False
 
     def __init__(self, config: ResnetTransformerConfig, *, num_classes: int, height: int) -> None:
         super().__init__(config, num_classes=num_classes, height=height)
@@ -132,23 +136,22 @@ class ResnetTransformer(LineModel):
     # --- inference ------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def recognise(self, images: torch.Tensor, widths: torch.Tensor, *, decoder: str = "greedy",
-                  beam: int = 10, lm=None, lm_weight: float = 0.0, insertion_bonus: float = 0.0,
-                  charset: Charset | None = None) -> list[Recognition]:
-        """Greedy or beam-search decoding (``lm`` is not used by this model)."""
+    def recognise(self, images: torch.Tensor, widths: torch.Tensor, decoder: DecoderSpec = GREEDY,
+                  lm: CharNgramLM | None = None, *, charset: Charset | None = None) -> list[Recognition]:
+        """Greedy or beam-search decoding of width ``decoder.beam``. No LM (``uses_lm`` is False), so
+        the CTC fusion terms ``lm_weight`` and ``insertion_bonus`` play no part."""
         self.check_input(images, widths)
-        if decoder not in ("greedy", "beam"):
-            raise ValueError(f"unknown decoder {decoder!r}; expected 'greedy' or 'beam'")
+        self.check_decoder(decoder, lm)
         charset = self.resolve_charset(charset)
         was_training = self.training
         self.eval()
         try:
             memory, pad = self.encode(images, widths)
             limits = self._max_steps(widths)
-            if decoder == "greedy":
+            if decoder.kind == "greedy":
                 seqs = self._greedy(memory, pad, limits)
             else:
-                seqs = [self._beam(memory[i:i + 1], pad[i:i + 1], beam, int(limits[i]))
+                seqs = [self._beam(memory[i:i + 1], pad[i:i + 1], decoder.beam, int(limits[i]))
                         for i in range(len(memory))]
         finally:
             self.train(was_training)
@@ -168,7 +171,8 @@ class ResnetTransformer(LineModel):
 
     def _step_logp(self, tokens: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         logits = self.decode(tokens, memory, pad)[:, -1]  # (B, V)
-        return F.log_softmax(logits.masked_fill(self.banned, float("-inf")), dim=-1)
+        banned: torch.Tensor = self.banned  # type: ignore[assignment]  # a registered buffer
+        return F.log_softmax(logits.masked_fill(banned, float("-inf")), dim=-1)
 
     def _greedy(self, memory: torch.Tensor, pad: torch.Tensor,
                 limits: torch.Tensor) -> list[tuple[list[int], list[float]]]:

@@ -12,12 +12,31 @@ MLflow tracking (``textrec.tracking``) is just another :class:`Callback`, so the
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from textrec.training.loop import Trainer
+from textrec.rundir import RunDir
+
+
+class Trainer(Protocol):
+    """What a callback may read from and ask of the trainer (``textrec.training.loop.Trainer`` is one)."""
+
+    config: Any  # the run's TrainConfig
+    out_dir: Path
+    run: RunDir
+    epoch: int
+    step: int
+    is_main: bool
+    world_size: int
+    history: list[dict[str, Any]]
+
+    def request_stop(self, reason: str) -> None: ...
+    def save_checkpoint(self, path: str | os.PathLike) -> None: ...
+    def elapsed(self) -> float: ...
+    def steps_this_epoch(self) -> int: ...
+    def log(self, message: str) -> None: ...
 
 
 class Callback:
@@ -80,7 +99,7 @@ class BestCheckpoint(Callback):
         self.monitor, self.best, self.best_epoch = monitor, math.inf, -1
 
     def path(self, trainer: Trainer) -> Path:
-        return trainer.out_dir / "checkpoints" / "best.pt"
+        return trainer.run.best
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         value = metrics.get(self.monitor)

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from textrec.artifact import atomic_open
+from textrec.io import atomic_open
+from textrec.rundir import RunDir
 
 CHECKPOINT_FORMAT = "textrec-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -44,8 +45,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def _numpy_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
             "has_gauss": int(has_gauss), "cached": float(cached)}
 
 
@@ -96,7 +97,7 @@ def resolve_resume(resume: str | os.PathLike | None, out_dir: Path) -> Path | No
     if not resume:
         return None
     if str(resume) == "auto":
-        last = out_dir / "checkpoints" / "last.pt"
+        last = RunDir(out_dir).last
         return last if last.is_file() else None
     path = Path(resume)
     if not path.is_file():

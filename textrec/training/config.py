@@ -7,11 +7,12 @@ command-line overrides (``--loop.epochs=3``, ``--model.options.hidden=256``); se
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from textrec import config as configlib
+from textrec.decoding import DEFAULT_BEAM
 from textrec.stem import StemConfig
 
 DATA_MODES = ("pool", "online", "store")
@@ -100,11 +101,22 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Decoders tried on val at the end; the better one is recorded in the model artifact."""
+    """Decoders tried on val at the end; the best one is recorded in the model artifact.
 
-    beam: int = 10
-    lm_order: int = 0  # character n-gram LM from the training texts; 0: no LM, greedy only
+    Greedy always; with ``lm_order`` > 0 also beam search of width ``beam``: with an LM at each of
+    ``lm_weights`` for a model that uses one (``LineModel.uses_lm``), a single plain pass otherwise.
+    """
+
+    beam: int = DEFAULT_BEAM
+    lm_order: int = 0  # character n-gram LM from the training texts; 0: no LM and no beam search, greedy only
     lm_weights: tuple[float, ...] = (0.3, 0.6)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.beam, bool) or not isinstance(self.beam, int) or self.beam < 1:
+            raise ValueError(f"decode.beam must be an integer >= 1, got {self.beam!r}")
+        bad = [w for w in self.lm_weights if not w >= 0]
+        if bad:
+            raise ValueError(f"decode.lm_weights must be >= 0, got {list(self.lm_weights)}")
 
 
 @dataclass(frozen=True)
@@ -125,8 +137,9 @@ def check_model_options(cfg: ModelConfig) -> None:
     configlib.from_dict(cls, cfg.options, where="model.options.")
 
 
-def load_config(yaml_path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Defaults <- YAML file <- overrides (``--loop.epochs=3`` or ``loop.epochs=3``)."""
-    cfg = configlib.load(TrainConfig, yaml_path, overrides)
+def load_config(source: str | os.PathLike | Mapping[str, Any] | None = None,
+                overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults <- YAML file (or its parsed mapping) <- overrides (``--loop.epochs=3`` or ``loop.epochs=3``)."""
+    cfg = configlib.load(TrainConfig, source, overrides)
     check_model_options(cfg.model)
     return cfg

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -239,12 +239,20 @@ def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world_size
 # Putting a run's data together
 
 
+class LineSet(Protocol):
+    """A dataset of (stem output, text) pairs that also knows each line's width for an epoch."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, key: Any) -> tuple[torch.Tensor, str]: ...
+    def lengths(self, epoch: int) -> np.ndarray: ...
+
+
 @dataclass
 class TrainData:
     """The training set (with ``lengths(epoch)`` for the sampler), named evaluation sets, LM texts."""
 
-    train: Dataset
-    evals: dict[str, Dataset]
+    train: LineSet
+    evals: dict[str, LineSet]
     lm_texts: Callable[[], list[str]]
     describe: str = ""
 
@@ -410,7 +418,7 @@ def _online_data(cfg: Any, stem: LineStem) -> TrainData:
     source = open_text_source(Path(d.corpus) if d.corpus else None)
     seen = _RenderImage(LineRenderer(SynthConfig(), train_fonts))
     train = RenderedLines(d.train_lines, source.sample, seen, stem, seed=d.seed, augment=True)
-    evals: dict[str, Dataset] = {}
+    evals: dict[str, LineSet] = {}
     for k, (split, n) in enumerate([("val", d.val_lines), ("test", d.test_lines),
                                     ("test_unseen_font", d.unseen_font_lines)], start=1):
         render = _RenderImage(LineRenderer(SynthConfig(), held_out)) if split == "test_unseen_font" else seen

@@ -12,32 +12,34 @@ What happens, in order:
    at the end of the epoch; validation CER on every rank's share, summed over ranks.
 4. Rank 0 runs the callbacks (progress, time budget, early stopping, best checkpoint, tracking); a stop
    request from any of them reaches every rank before the next step.
-5. At the end the best weights are reloaded, the decoder (greedy, or beam search with a character LM
-   fitted on the training texts) is chosen on val, the test splits are scored, and rank 0 writes
-   ``OUT/model.pt`` and ``OUT/metrics.json``.
+5. At the end the best weights are reloaded, the decoder is chosen on val (greedy, or beam search:
+   with a character LM fitted on the training texts for a model that ``uses_lm``), the test splits
+   are scored, and rank 0 writes ``OUT/model.pt`` and ``OUT/metrics.json``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from textrec import config as configlib
-from textrec.artifact import atomic_open, save_artifact
+from textrec.artifact import save_artifact
 from textrec.charset import DEFAULT_CHARSET
+from textrec.decoding import CharNgramLM, DecoderSpec
+from textrec.io import write_json, write_yaml
 from textrec.metrics import edit_counts
+from textrec.models.registry import LineModel
+from textrec.rundir import RunDir
 from textrec.stem import LineStem
 from textrec.training import distributed
 from textrec.training.callbacks import BestCheckpoint, Callback, EarlyStopping, ProgressBar, TimeBudget
@@ -51,7 +53,7 @@ from textrec.training.checkpoint import (
     set_rng_state,
 )
 from textrec.training.config import TrainConfig
-from textrec.training.data import BucketBatchSampler, Collate, TrainData, build_data, eval_batches
+from textrec.training.data import BucketBatchSampler, Collate, LineSet, TrainData, build_data, eval_batches
 
 STOP_CHECK_EVERY = 10  # steps between the all-rank stop votes (one tiny all-reduce each)
 
@@ -59,7 +61,7 @@ STOP_CHECK_EVERY = 10  # steps between the all-rank stop votes (one tiny all-red
 class LossModule(nn.Module):
     """Makes ``model.loss`` the forward pass, so DistributedDataParallel syncs its gradients."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: LineModel) -> None:
         super().__init__()
         self.model = model
 
@@ -103,19 +105,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@dataclass
-class Decoder:
-    kind: str = "greedy"
-    beam: int = 10
-    lm_weight: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "beam": self.beam, "lm_weight": self.lm_weight}
-
-    def label(self) -> str:
-        return "greedy" if self.kind == "greedy" else f"beam{self.beam}+lm{self.lm_weight:g}"
-
-
 class Trainer:
     """Holds everything a run needs; :meth:`fit` runs it. Callbacks see this object."""
 
@@ -124,6 +113,7 @@ class Trainer:
         self._created = time.perf_counter()
         self.config = cfg
         self.out_dir = Path(out_dir)
+        self.run = RunDir(self.out_dir)
         self.env = distributed.setup()
         self.device = self.env.device
         self.is_main = self.env.is_main
@@ -177,9 +167,10 @@ class Trainer:
         seed_everything(cfg.loop.seed + 7919 * (self.rank + 1))  # dropout etc. differ per rank
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
 
-    def _loader(self, dataset: Dataset, batch_sampler: Any, *, persistent: bool) -> DataLoader:
+    def _loader(self, dataset: LineSet, batch_sampler: Any, *, persistent: bool) -> DataLoader:
         workers = self.config.data.num_workers
-        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
+        # A LineSet is a map-style dataset (__len__ + __getitem__), which is all DataLoader uses.
+        return DataLoader(cast(Dataset, dataset), batch_sampler=batch_sampler, num_workers=workers,
                           collate_fn=Collate(self.charset), pin_memory=self.device.type == "cuda",
                           persistent_workers=persistent and workers > 0,
                           # a private generator: worker seeding must not draw from the global RNG
@@ -260,7 +251,7 @@ class Trainer:
 
     def _save_last(self) -> None:
         self._gather_rng()
-        self.save_checkpoint(self.out_dir / "checkpoints" / "last.pt")
+        self.save_checkpoint(self.run.last)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         state = load_checkpoint(path)  # on the CPU: RNG states must stay there; load_state_dict moves the rest
@@ -346,7 +337,7 @@ class Trainer:
                 self.epoch, self.step_in_epoch = e + 1, 0
             self._gather_rng()
             self._emit("on_epoch_end", e, metrics)
-            self.save_checkpoint(self.out_dir / "checkpoints" / "last.pt")
+            self.save_checkpoint(self.run.last)
             if not finished:
                 break
         return self.history
@@ -354,7 +345,8 @@ class Trainer:
     # --- evaluation -----------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def recognise_dataset(self, dataset: Dataset, decoder: Decoder, lm: Any = None) -> tuple[list[str], list[str]]:
+    def recognise_dataset(self, dataset: LineSet, decoder: DecoderSpec,
+                          lm: CharNgramLM | None = None) -> tuple[list[str], list[str]]:
         """(predictions, truths) for this rank's share of ``dataset``."""
         self.model.eval()
         batches = eval_batches(dataset.lengths(0), self.config.loop.eval_batch_size, self.rank, self.world_size)
@@ -362,22 +354,23 @@ class Trainer:
         for batch in self._loader(dataset, batches, persistent=False):
             b = batch.to(self.device)
             with self._autocast():
-                results = self.model.recognise(b.images, b.widths, decoder=decoder.kind, beam=decoder.beam,
-                                               lm=lm, lm_weight=decoder.lm_weight)
+                results = self.model.recognise(b.images, b.widths, decoder, lm)
             preds += [r.text for r in results]
             truths += batch.texts
         return preds, truths
 
-    def score(self, dataset: Dataset, decoder: Decoder | None = None, lm: Any = None) -> dict[str, float]:
-        """CER and WER over all ranks' shares: summed edits over summed reference lengths."""
-        preds, truths = self.recognise_dataset(dataset, decoder or Decoder(), lm)
+    def score(self, dataset: LineSet, decoder: DecoderSpec | None = None,
+              lm: CharNgramLM | None = None) -> dict[str, float]:
+        """CER and WER over all ranks' shares (greedy unless ``decoder`` says otherwise): summed edits
+        over summed reference lengths."""
+        preds, truths = self.recognise_dataset(dataset, decoder or DecoderSpec(), lm)
         counts = [float(c) for c in edit_counts(preds, truths)] + [float(len(truths))]
         ce, cn, we, wn, n = distributed.all_reduce_sum(counts, self.device)
         return {"cer": ce / max(1.0, cn), "wer": we / max(1.0, wn), "n": int(n)}
 
     def load_best(self) -> None:
         """Every rank takes the weights of ``best.pt`` (read by rank 0 and broadcast)."""
-        best = self.out_dir / "checkpoints" / "best.pt"
+        best = self.run.best
         state = None
         if self.is_main and best.is_file():
             state = {k: v.cpu() for k, v in load_checkpoint(best)["model"].items()}
@@ -385,20 +378,29 @@ class Trainer:
         if state is not None:
             self.model.load_state_dict(state)
 
-    def choose_decoder(self) -> tuple[Decoder, Any, dict[str, float]]:
-        """Greedy, or beam search with a character LM if that is better on val."""
-        d = self.config.decode
-        greedy = Decoder()
-        if d.lm_order <= 0 or not hasattr(self.model, "forward"):
-            return greedy, None, {}
-        from textrec.decoding import CharNgramLM
+    def choose_decoder(self) -> tuple[DecoderSpec, CharNgramLM | None, dict[str, float]]:
+        """The decoder with the lowest val CER: (spec, the LM it uses or None, CER of each one tried).
 
-        lm = CharNgramLM.fit(self.data.lm_texts(), order=d.lm_order, charset=self.charset)
+        With ``decode.lm_order`` 0 that is greedy. Otherwise beam search of width ``decode.beam`` is
+        tried too: for a model that ``uses_lm``, with a character LM fitted on the training texts at
+        each of ``decode.lm_weights``; for one that does not, as a single plain pass, since an LM
+        weight would change nothing and its search (e.g. resnet_transformer's length-normalised
+        beam over its own autoregressive decoder) can still find better lines than greedy.
+        """
+        d = self.config.decode
+        greedy = DecoderSpec()
+        if d.lm_order <= 0:
+            return greedy, None, {}
         val = self.data.evals["val"]
-        tried = {"greedy": self.score(val)["cer"]}
-        best, best_cer = greedy, tried["greedy"]
-        for w in d.lm_weights:
-            cand = Decoder("beam", d.beam, float(w))
+        tried = {greedy.label(): self.score(val)["cer"]}
+        lm = None
+        if self.model.uses_lm:
+            lm = CharNgramLM.fit(self.data.lm_texts(), order=d.lm_order, charset=self.charset)
+            candidates = [DecoderSpec("beam", d.beam, float(w)) for w in d.lm_weights]
+        else:
+            candidates = [DecoderSpec("beam", d.beam)]
+        best, best_cer = greedy, tried[greedy.label()]
+        for cand in candidates:
             try:
                 tried[cand.label()] = c = self.score(val, cand, lm)["cer"]
             except Exception as e:  # noqa: BLE001  (a decoder bug must not cost the trained model)
@@ -407,7 +409,7 @@ class Trainer:
             if c < best_cer:
                 best, best_cer = cand, c
         self.log("decoders on val: " + ", ".join(f"{k} {v:.4f}" for k, v in tried.items()))
-        return best, (lm if best.kind == "beam" else None), tried
+        return best, (lm if best.lm_weight > 0 else None), tried
 
     def finish(self) -> dict[str, Any]:
         """Best weights, decoder choice, test scores; rank 0 writes model.pt and metrics.json."""
@@ -418,7 +420,7 @@ class Trainer:
             "epochs": self.epochs_done(), "steps": self.step, "stopped": self.stop_reason or "completed",
             "lines_per_s": _mean([h["lines_per_s"] for h in self.history]),
             "train_loss": last.get("train_loss"), "wall_s": self.elapsed(), "parameters": self.num_parameters,
-            "world_size": self.world_size, "device": self.device.type, "decoder": decoder.as_dict(),
+            "world_size": self.world_size, "device": self.device.type, "decoder": decoder.to_dict(),
             "val_decoders": tried,
         }
         for split, dataset in self.data.evals.items():
@@ -430,9 +432,9 @@ class Trainer:
         metrics["wall_s"] = self.elapsed()  # training, counted across resumes
         metrics["process_wall_s"] = time.perf_counter() - self._created  # this process: data prep included
         if self.is_main:
-            save_artifact(self.out_dir / "model.pt", self.model, charset=self.charset, stem=self.stem,
-                          decoder=decoder.as_dict(), lm=lm, metrics=metrics)
-            write_json(self.out_dir / "metrics.json", metrics)
+            save_artifact(self.run.model, self.model, charset=self.charset, stem=self.stem,
+                          decoder=decoder, lm=lm, metrics=metrics)
+            write_json(self.run.metrics, metrics)
         self._emit("on_train_end", metrics)
         return metrics
 
@@ -447,12 +449,6 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic JSON write."""
-    with atomic_open(path, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-
-
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, callbacks: Sequence[Callback] = (),
           resume: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train, evaluate and write the run's files; returns the final metrics (on every rank).
@@ -463,9 +459,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, callbacks: Sequence[C
     trainer = Trainer(cfg, out_dir, callbacks=callbacks, resume=resume)
     try:
         if trainer.is_main:
-            import yaml
-
-            (trainer.out_dir / "config.yaml").write_text(yaml.safe_dump(configlib.to_dict(cfg), sort_keys=False))
+            write_yaml(trainer.run.config, configlib.to_dict(cfg))
             trainer.log(f"training {cfg.model.name} ({trainer.num_parameters / 1e6:.2f} M parameters) on "
                         f"{trainer.world_size} x {trainer.device.type}, {len(trainer.data.train)} lines per epoch, "
                         f"{trainer.steps_per_epoch} steps per epoch per rank")

@@ -6,7 +6,7 @@ Two operators are supported, whichever the cluster has:
   ClusterTrainingRuntime; placement goes in a ``runtimePatches`` entry owned by ``textrec``.
 - the older training operator: a ``PyTorchJob`` (``kubeflow.org/v1``), one Master and N-1 Workers.
 
-Either way every node runs the same command, ``torchrun -m components.steps train ...``; torchrun takes
+Either way every node runs the same command, ``torchrun -m textrec.training ...``; torchrun takes
 the node count, node rank and rendezvous address from the ``PET_*`` variables both operators set, and
 the training loop picks up ``RANK``/``WORLD_SIZE`` from torchrun. Rank 0 writes checkpoints and the
 model to the run's checkpoint prefix (S3), which is also where a retried job resumes from.
@@ -26,10 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.client import api_client, current_namespace
+from textrec.training.job import MultiNodeLaunch
+
 TRAINJOB = ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob")
 KINDS = {"TrainJob": TRAINJOB, "PyTorchJob": PYTORCHJOB}
-ENTRY = ("torchrun", "-m", "components.steps", "train")
+ENTRY = ("torchrun", "-m", "textrec.training")
 GPU = "nvidia.com/gpu"
 MANAGER = "textrec"
 # Variables the launcher passes on to the training pods as plain values (never credentials).
@@ -49,7 +52,7 @@ class DistributedJob:
     name: str
     namespace: str
     image: str
-    args: tuple[str, ...]  # after ``torchrun -m components.steps train``
+    args: tuple[str, ...]  # after ``torchrun -m textrec.training``
     nodes: int = 2
     gpus_per_node: int = 1
     env: Mapping[str, str] = field(default_factory=dict)
@@ -167,28 +170,6 @@ def manifest(job: DistributedJob, kind: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------- talking to the API
 
-def api_client():
-    """A client for the cluster this runs in (service account), else the local kubeconfig."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
-
-
-def current_namespace(default: str = "default") -> str:
-    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    if os.environ.get("POD_NAMESPACE"):
-        return os.environ["POD_NAMESPACE"]
-    try:
-        with open(path) as f:
-            return f.read().strip() or default
-    except OSError:
-        return default
-
-
 def detect_kind(api) -> str:
     """``TrainJob`` if Kubeflow Trainer's API group is served, else ``PyTorchJob`` if that one is."""
     from kubernetes import client
@@ -285,3 +266,34 @@ def run(job: DistributedJob, *, api=None, kind: str = "auto", timeout_s: float =
     kind = submit(job, api, kind)
     wait(job, api, kind, timeout_s=timeout_s, poll_s=poll_s)
     return kind
+
+
+# ---------------------------------------------------------------------------- launching a training
+
+# GPU nodes are commonly tainted so that only pods asking for GPUs land there.
+GPU_TOLERATIONS = ({"key": GPU, "operator": "Exists", "effect": "NoSchedule"},)
+
+
+def _secret_env() -> dict[str, str]:
+    """S3 credentials for the training pods, from the secret named in ``TEXTREC_S3_SECRET``."""
+    secret = os.environ.get("TEXTREC_S3_SECRET", "")
+    if not secret:
+        return {}
+    return {k: f"{secret}/{k}" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+
+
+def launch_multi_node(launch: MultiNodeLaunch, *, api=None, poll_s: float = 20) -> None:
+    """Train on ``launch.request.nodes`` nodes as one job and wait for it (the trainer's multi-node hook).
+
+    Every node reads the stores and meets the others' checkpoints on S3; the launching pod's plain
+    settings (``PASS_ENV``) and S3 credentials (by secret reference) go with the job.
+    """
+    req = launch.request
+    env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
+    env.update(req.job_env)
+    job = DistributedJob(
+        name=job_name(req.pipeline_run_id), namespace=current_namespace(),
+        image=os.environ.get("TEXTREC_IMAGE", ""), nodes=req.nodes, gpus_per_node=req.gpus_per_node,
+        args=tuple(launch.args), env=env, secret_env=_secret_env(), node_selector=dict(req.job_node_selector),
+        tolerations=GPU_TOLERATIONS if req.gpus_per_node else ())
+    run(job, api=api, poll_s=poll_s)

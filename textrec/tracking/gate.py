@@ -1,0 +1,142 @@
+"""The promotion gate: ``champion`` moves to a challenger only if it reads the same lines better.
+
+:func:`promote` compares the challenger's test CER with the champion's on the *same* evaluation set
+(every version records the hash of the set it was scored on); a champion scored on another set is
+re-evaluated on the challenger's set, or not promoted over, with the reason said.
+:func:`register_challenger` is the pipeline's register step: log the model, register it, decide.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from textrec.tracking.registry import CHAMPION, MODEL_NAME, alias_version, download_model, log_model_version
+from textrec.tracking.runs import (
+    TAG_DATASET,
+    TAG_EVAL_SET,
+    TAG_GIT,
+    TAG_PIPELINE_RUN,
+    TAG_TEST_CER,
+    StepTracking,
+    git_commit,
+    mlflow_client,
+    set_lineage,
+    step_run,
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the promotion gate decided about one challenger version, and why."""
+
+    promoted: bool
+    reason: str
+    model_name: str
+    version: str
+    challenger_cer: float
+    champion_version: str | None = None
+    champion_cer: float | None = None
+    margin: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare(challenger_cer: float, champion_cer: float, margin: float) -> tuple[bool, str]:
+    """Promote when the challenger's CER is lower than the champion's by more than ``margin``.
+
+    >>> compare(0.10, 0.20, 0.05)[0], compare(0.18, 0.20, 0.05)[0], compare(0.20, 0.20, 0.0)[0]
+    (True, False, False)
+    """
+    gain = champion_cer - challenger_cer
+    if gain > margin:
+        return True, (f"challenger CER {challenger_cer:.4f} beats the champion's {champion_cer:.4f} by "
+                      f"{gain:.4f} (> margin {margin:.4f})")
+    return False, (f"challenger CER {challenger_cer:.4f} does not beat the champion's {champion_cer:.4f} "
+                   f"by more than the margin {margin:.4f}; the champion stays")
+
+
+def promote(model_name: str, version: str, *, challenger_cer: float, eval_hash: str,
+            margin: float = 0.0, reevaluate: Callable[[Path], float] | None = None,
+            tracking_uri: str | None = None) -> Decision:
+    """The promotion gate: move ``champion`` to ``version`` if it beats the champion on the same set.
+
+    The champion's CER counts only if it was measured on the evaluation set with hash ``eval_hash``.
+    Otherwise ``reevaluate(champion_model_pt) -> cer`` measures it on the challenger's set; without
+    ``reevaluate`` the gate refuses to promote and says why. The decision is recorded on the version.
+    """
+    client = mlflow_client(tracking_uri)
+    client.set_model_version_tag(model_name, version, TAG_TEST_CER, f"{challenger_cer:.6f}")
+    client.set_model_version_tag(model_name, version, TAG_EVAL_SET, eval_hash)
+    champ = alias_version(client, model_name, CHAMPION)
+    base: dict[str, Any] = {"model_name": model_name, "version": str(version), "challenger_cer": challenger_cer,
+                            "margin": margin}
+    if champ is None or str(champ.version) == str(version):
+        decision = Decision(True, f"no champion yet: version {version} becomes the champion", **base)
+    else:
+        decision = _against_champion(client, champ, base, eval_hash, reevaluate, tracking_uri)
+    if decision.promoted:
+        client.set_registered_model_alias(model_name, CHAMPION, str(version))
+    client.set_model_version_tag(model_name, version, "textrec.promoted", str(decision.promoted).lower())
+    client.set_model_version_tag(model_name, version, "textrec.promotion_reason", decision.reason[:5000])
+    return decision
+
+
+def _against_champion(client, champ, base: dict[str, Any], eval_hash: str,
+                      reevaluate: Callable[[Path], float] | None, tracking_uri: str | None) -> Decision:
+    name, cv = base["model_name"], str(champ.version)
+    champ_hash = champ.tags.get(TAG_EVAL_SET, "")
+    note = ""
+    if champ_hash == eval_hash and TAG_TEST_CER in champ.tags:
+        champ_cer = float(champ.tags[TAG_TEST_CER])
+    elif reevaluate is None:
+        why = ("was evaluated on a different set" if champ_hash else "has no recorded evaluation set")
+        return Decision(False, f"champion version {cv} {why} (hash {champ_hash[:12] or 'none'}, this set "
+                               f"{eval_hash[:12]}): CERs are not comparable, so the champion stays; "
+                               "re-evaluate it on this set to compare", champion_version=cv, **base)
+    else:
+        with tempfile.TemporaryDirectory(prefix="textrec-champion-") as tmp:
+            champ_cer = float(reevaluate(download_model(name, cv, tmp, tracking_uri=tracking_uri)))
+        note = f" (champion re-evaluated on this set: it was scored on {champ_hash[:12] or 'an unknown set'})"
+    promoted, why = compare(base["challenger_cer"], champ_cer, base["margin"])
+    return Decision(promoted, f"version {base['version']} vs champion version {cv}: {why}{note}",
+                    champion_version=cv, champion_cer=champ_cer, **base)
+
+
+def register_challenger(model_pt: str | os.PathLike, stores: Sequence[str | os.PathLike], *, test_cer: float,
+                        eval_hash: str, model_name: str = MODEL_NAME, margin: float = 0.0,
+                        step: StepTracking = StepTracking(),  # noqa: B008 (frozen)
+                        decision_path: str | os.PathLike | None = None) -> Decision:
+    """Log and register the model (alias ``challenger``), then let the gate decide ``champion``.
+
+    A champion scored on another set is re-scored on the test split of ``stores``. The decision is
+    logged with the step's run as ``decision.json`` and, with ``decision_path``, written there too.
+    """
+    import mlflow
+
+    from textrec.data.store import describe_stores
+    from textrec.evaluate import evaluate, split_samples
+    from textrec.io import write_json
+
+    def reevaluate(champion_pt: Path) -> float:
+        return evaluate(champion_pt, split_samples(stores)).cer
+
+    uri = step.uri
+    with step_run("register", step.pipeline_run_id, tracking_uri=uri, experiment=step.experiment) as run_id:
+        tags = {TAG_PIPELINE_RUN: step.pipeline_run_id, TAG_GIT: git_commit(),
+                TAG_DATASET: describe_stores(stores)["content_hash"]}
+        version = log_model_version(model_pt, run_id, model_name=model_name, tags=tags, tracking_uri=uri)
+        decision = promote(model_name, version, challenger_cer=test_cer, eval_hash=eval_hash,
+                           margin=margin, reevaluate=reevaluate, tracking_uri=uri)
+        mlflow.log_metrics({"promoted": float(decision.promoted), "challenger_cer": test_cer})
+        mlflow.log_dict(decision.to_dict(), "decision.json")
+        if decision_path:
+            write_json(decision_path, decision.to_dict())
+        set_lineage(run_id, {"textrec.model_version": version,
+                             "textrec.promoted": str(decision.promoted).lower()}, tracking_uri=uri)
+    return decision
