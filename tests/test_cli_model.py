@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures.models import line_image, tiny_model_artifact
+from fixtures.lines import line_image
+from fixtures.models import tiny_model_artifact
 from PIL import Image
 
 from textrec.cli import main
@@ -28,7 +29,7 @@ def images(tmp_path) -> list[Path]:
     paths = []
     for i in range(3):
         p = tmp_path / f"line{i}.png"
-        Image.fromarray(line_image(120 + 50 * i, i)).save(p)
+        Image.fromarray(line_image(width=120 + 50 * i, seed=i, height=40)).save(p)
         paths.append(p)
     return paths
 
@@ -81,7 +82,7 @@ def test_evaluate_iam_lines_writes_a_report(model_path, tmp_path, capsys):
     (root / "lines.txt").write_text("a01-000u-00 ok 154 19 408 746 1661 89 A|MOVE|to|stop\n")
     img = root / "lines" / "a01" / "a01-000u" / "a01-000u-00.png"
     img.parent.mkdir(parents=True)
-    Image.fromarray(line_image(300, 0)).save(img)
+    Image.fromarray(line_image(width=300, seed=0, height=40)).save(img)
     assert main(["evaluate", "--model", str(model_path), "--iam-lines", str(root), "--report",
                  str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
@@ -92,7 +93,7 @@ def test_evaluate_a_store_split(model_path, tmp_path, capsys):
     path = tmp_path / "lines.h5"
     with LineWriter(path) as w:
         for i in range(4):
-            w.add(line_image(100, i), f"text {i}", split=["train", "val", "test", "test"][i], source="unit")
+            w.add(line_image(width=100, seed=i, height=40), f"text {i}", split=["train", "val", "test", "test"][i], source="unit")
     assert main(["evaluate", "--model", str(model_path), "--data", str(path), "--split", "test", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 2
 

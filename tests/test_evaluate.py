@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures.models import line_image, tiny_model_artifact
+from fixtures.lines import line_image
+from fixtures.models import tiny_model_artifact
 from PIL import Image
 
 from textrec.data.store import LineWriter
@@ -38,7 +39,7 @@ TEXTS = ["A MOVE to stop", "Mr. Gaitskell from", "nominating any more", "Labour 
 
 
 def test_evaluate_scores_every_line_and_agrees_with_the_metrics(recognizer):
-    samples = [(line_image(100 + 40 * i, i), t) for i, t in enumerate(TEXTS)]
+    samples = [(line_image(width=100 + 40 * i, seed=i, height=40), t) for i, t in enumerate(TEXTS)]
     report = evaluate(recognizer, samples, batch_size=3)
     assert report.n == 4 and len(report.rows) == 4
     preds = [r.prediction for r in report.rows]
@@ -49,7 +50,7 @@ def test_evaluate_scores_every_line_and_agrees_with_the_metrics(recognizer):
 
 
 def test_images_are_kept_only_for_the_worst_lines(recognizer):
-    samples = [(line_image(80 + 10 * i, i), TEXTS[i % 4][: 2 + i]) for i in range(8)]
+    samples = [(line_image(width=80 + 10 * i, seed=i, height=40), TEXTS[i % 4][: 2 + i]) for i in range(8)]
     report = evaluate(recognizer, samples, keep_images=3)
     kept = [r for r in report.rows if r.image is not None]
     assert len(kept) == 3
@@ -65,7 +66,7 @@ def test_evaluate_store_reads_one_split(recognizer, tmp_path):
     path = tmp_path / "lines.h5"
     with LineWriter(path) as w:
         for i, t in enumerate(TEXTS):
-            w.add(line_image(120, i), t, split="test" if i % 2 else "train", source="unit")
+            w.add(line_image(width=120, seed=i, height=40), t, split="test" if i % 2 else "train", source="unit")
     report = evaluate_store(recognizer, path, "test")
     assert report.n == 2 and [r.truth for r in report.rows] == [TEXTS[1], TEXTS[3]]
     assert report.source.endswith("lines.h5:test")
@@ -78,7 +79,7 @@ def test_evaluate_store_reads_one_split(recognizer, tmp_path):
 def test_evaluate_tsv_reads_paths_relative_to_the_file(recognizer, tmp_path):
     rows = []
     for i, t in enumerate(TEXTS[:3]):
-        write_png(tmp_path / "img" / f"{i}.png", line_image(150, i))
+        write_png(tmp_path / "img" / f"{i}.png", line_image(width=150, seed=i, height=40))
         rows.append(f"img/{i}.png\t{t}")
     tsv = tmp_path / "labels.tsv"
     tsv.write_text("# path\ttext\n" + "\n".join(rows) + "\n\n")
@@ -94,7 +95,7 @@ def test_evaluate_tsv_reads_paths_relative_to_the_file(recognizer, tmp_path):
     ("\tsome text\n", "row 1: empty image path"),
 ])
 def test_bad_tsv_rows_are_named(recognizer, tmp_path, content, message):
-    write_png(tmp_path / "img" / "0.png", line_image(100, 0))
+    write_png(tmp_path / "img" / "0.png", line_image(width=100, seed=0, height=40))
     tsv = tmp_path / "labels.tsv"
     tsv.write_text(content)
     with pytest.raises(EvalDataError, match=message) as e:
@@ -122,7 +123,7 @@ def make_iam(root: Path) -> Path:
     (root / "lines.txt").parent.mkdir(parents=True, exist_ok=True)
     (root / "lines.txt").write_text("\n".join(lines) + "\n")
     for i in range(2):
-        write_png(root / "lines" / "a01" / "a01-000u" / f"a01-000u-0{i}.png", line_image(200, i))
+        write_png(root / "lines" / "a01" / "a01-000u" / f"a01-000u-0{i}.png", line_image(width=200, seed=i, height=40))
     return root
 
 
@@ -147,7 +148,7 @@ def test_iam_folder_problems_are_named(recognizer, tmp_path):
 
 
 def test_report_shows_the_worst_lines_with_images_and_a_summary(recognizer, tmp_path):
-    samples = [(line_image(100 + 20 * i, i), t) for i, t in enumerate(TEXTS)]
+    samples = [(line_image(width=100 + 20 * i, seed=i, height=40), t) for i, t in enumerate(TEXTS)]
     report = evaluate(recognizer, samples)
     page = write_report(report, tmp_path / "report", worst=2)
     html = page.read_text()

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures.models import TINY, line_image, tiny_model_artifact
+from fixtures.lines import line_image
+from fixtures.models import TINY, tiny_model_artifact
 from PIL import Image
 
 from textrec.artifact import ArtifactError, artifact_dict, load_artifact, read_artifact, save_artifact
@@ -97,7 +98,7 @@ def test_an_artifact_stores_the_decoder_spec_and_the_recognizer_uses_it(tmp_path
     assert torch.load(path, weights_only=True)["decoder"] == spec.to_dict()
     rec = Recognizer.load(path)
     assert rec.decoder == spec and rec.lm is not None and rec.lm.counts == lm.counts
-    assert len(rec.recognise([line_image(200, 0)])) == 1
+    assert len(rec.recognise([line_image(width=200, seed=0, height=40)])) == 1
 
 
 def test_an_artifact_written_before_the_decoder_spec_still_loads(tmp_path):
@@ -110,7 +111,7 @@ def test_an_artifact_written_before_the_decoder_spec_still_loads(tmp_path):
                                                              "insertion_bonus": 0.0}
     rec = Recognizer.load(tmp_path / "old.pt")
     assert rec.decoder == DecoderSpec("beam", 16, 0.3) and rec.lm is not None
-    assert len(rec.recognise([line_image(150, 1)])) == 1
+    assert len(rec.recognise([line_image(width=150, seed=1, height=40)])) == 1
 
 
 @pytest.mark.parametrize("decoder, message", [
@@ -135,7 +136,7 @@ def test_a_model_that_does_not_use_an_lm_never_gets_one(tmp_path):
                          decoder=DecoderSpec("beam", 2, 0.3), lm=CharNgramLM.fit(["some text"], order=2))
     rec = Recognizer.load(path)
     assert rec.lm is None and rec.decoder == DecoderSpec("beam", 2, 0.3)
-    (result,) = rec.recognise([line_image(120, 2)])
+    (result,) = rec.recognise([line_image(width=120, seed=2, height=40)])
     assert 0.0 <= result.confidence <= 1.0
 
 
@@ -144,7 +145,7 @@ def test_a_model_that_does_not_use_an_lm_never_gets_one(tmp_path):
 
 def test_batched_results_come_back_in_input_order_and_match_single_lines(model_path, tmp_path):
     rec = Recognizer.load(model_path)
-    images = [line_image(w, s) for s, w in enumerate([300, 120, 520, 90, 260])]
+    images = [line_image(width=w, seed=s, height=40) for s, w in enumerate([300, 120, 520, 90, 260])]
     file = tmp_path / "line.png"
     file.write_bytes(png(images[2]))
     inputs = [images[0], Image.fromarray(images[1]), file, png(images[3]), str(file), images[4]]
@@ -162,7 +163,7 @@ def test_recognizer_exposes_charset_stem_and_info(model_path):
     rec = Recognizer.load(model_path)
     assert rec.charset == DEFAULT_CHARSET and rec.stem.config.height == 32
     assert rec.info["decoder"]["kind"] == "greedy" and "state_dict" not in rec.info
-    assert tuple(rec.preprocess(line_image(200, 0)).shape[:2]) == (1, 32)
+    assert tuple(rec.preprocess(line_image(width=200, seed=0, height=40)).shape[:2]) == (1, 32)
 
 
 def test_recognizer_rejects_inputs_of_unknown_type(model_path):
@@ -179,7 +180,7 @@ def test_missing_image_file_is_named(model_path, tmp_path):
 
 
 def test_decode_image_reads_common_modes_as_dark_ink_on_light_paper():
-    img = line_image(80, 1)
+    img = line_image(width=80, seed=1, height=40)
     assert np.array_equal(decode_image(png(img)), img)
     rgb = decode_image(png(Image.fromarray(img).convert("RGB")))
     assert np.abs(rgb.astype(int) - img).max() <= 1
@@ -240,11 +241,11 @@ def _modes(img: np.ndarray) -> dict[str, Image.Image]:
     }
 
 
-@pytest.mark.parametrize("mode", list(_modes(line_image(60, 0))))
+@pytest.mark.parametrize("mode", list(_modes(line_image(width=60, seed=0, height=40))))
 def test_decoded_files_and_in_memory_images_become_the_same_grey_pixels(model_path, mode):
     """Serving decodes uploaded bytes; training and predict hand images to the stem. Both go through
     the one conversion, so the same picture gives the same grey pixels and the same model input."""
-    image = _modes(line_image(90, 3))[mode]
+    image = _modes(line_image(width=90, seed=3, height=40))[mode]
     data = _tiff(image) if mode == "I" else png(image)  # PNG has no 32-bit integer grey
     from_file = decode_image(data)
     assert from_file.dtype == np.uint8 and from_file.shape == (40, 90)
@@ -255,7 +256,7 @@ def test_decoded_files_and_in_memory_images_become_the_same_grey_pixels(model_pa
 
 
 def test_float_pixels_are_refused_as_files_and_as_pil_images_but_read_as_arrays(model_path):
-    img = line_image(80, 4)
+    img = line_image(width=80, seed=4, height=40)
     floats = Image.fromarray(img.astype(np.float32) / 255)  # mode "F"
     assert floats.mode == "F"
     rec = Recognizer.load(model_path)
@@ -271,11 +272,11 @@ def test_float_pixels_are_refused_as_files_and_as_pil_images_but_read_as_arrays(
 
 
 def test_big_endian_sixteen_bit_pixels_scale_like_little_endian_ones():
-    img = line_image(50, 5).astype(np.uint16) * 257
+    img = line_image(width=50, seed=5, height=40).astype(np.uint16) * 257
     big = Image.frombytes("I;16B", (50, 40), img.astype(">u2").tobytes())
     assert big.mode == "I;16B"
     assert np.array_equal(to_grey(big), to_grey(Image.fromarray(img)))
-    assert np.array_equal(to_grey(big), line_image(50, 5))
+    assert np.array_equal(to_grey(big), line_image(width=50, seed=5, height=40))
 
 
 def test_read_image_names_unreadable_files(tmp_path):
