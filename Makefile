@@ -10,7 +10,7 @@ DEB_FONTS := fonts-dkg-handwriting fonts-breip fonts-sjfonts fonts-femkeklaver f
   fonts-dustin fonts-rufscript fonts-comic-neue
 PYTEST_ARGS ?=
 
-.PHONY: install fonts test test-slow lint format local clean pipeline-compile pipeline-run mlflow-ui mlflow-stop
+.PHONY: install fonts test test-slow lint typecheck check format local clean pipeline-compile pipeline-run mlflow-ui mlflow-stop
 
 install: $(STAMP) fonts
 
@@ -34,10 +34,17 @@ test-slow: install
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check textrec components pipelines serving tests benchmarks
+	$(BIN)/ruff check textrec cluster components pipelines serving tests benchmarks docker
+
+# Static types of the library and the cluster code (settings in pyproject.toml).
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# What CI runs before the tests.
+check: lint typecheck
 
 format: $(STAMP)
-	$(BIN)/ruff format textrec components pipelines serving tests benchmarks
+	$(BIN)/ruff format textrec cluster components pipelines serving tests benchmarks docker
 
 # The whole pipeline on this machine (kfp.local): PROFILE=cpu (default, ~25 min on 2 cores) or smoke
 # (~1-3 min). Without MLFLOW_TRACKING_URI a local MLflow server is started and left running.
@@ -76,7 +83,7 @@ mlflow-stop: $(STAMP)
 	$(BIN)/python -m pipelines.local --stop-server
 
 clean:
-	-test -x $(BIN)/python && $(BIN)/python -m serving.local stop >/dev/null 2>&1
+	-test -x $(BIN)/python && $(BIN)/python -m serving stop >/dev/null 2>&1
 	-test -x $(BIN)/python && $(BIN)/python -m pipelines.local --stop-server
 	rm -rf .textrec .pytest_cache .ruff_cache
 
@@ -99,10 +106,10 @@ MODEL ?=
 .PHONY: serve serve-stop
 
 serve: $(STAMP)
-	$(BIN)/python -m serving.local serve $(if $(MODEL),--model "$(MODEL)",)
+	$(BIN)/python -m serving serve $(if $(MODEL),--model "$(MODEL)",)
 
 serve-stop: $(STAMP)
-	$(BIN)/python -m serving.local stop
+	$(BIN)/python -m serving stop
 
 # Train one recipe without the pipeline: configs/$(PROFILE).yaml into .textrec/runs/$(PROFILE)
 # (resumes from its last checkpoint if interrupted); TRAIN_ARGS adds overrides, e.g. --loop.epochs=3.

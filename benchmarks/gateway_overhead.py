@@ -44,20 +44,16 @@ def start(root: Path) -> tuple[subprocess.Popen, dict[str, int]]:
     subprocess.run([str(BIN / "torch-model-archiver"), "--model-name", "textrec-line", "--version", "1",
                     "--handler", str(root / "h.py"), "--export-path", str(root)], check=True)
     ports = {k: free_port() for k in ("gw", "inf", "mgmt", "metrics", "g1", "g2")}
-    config = (SERVING / "config.properties").read_text()
-    config = (config.replace("127.0.0.1:8085", f"127.0.0.1:{ports['inf']}")
-              .replace("127.0.0.1:8081", f"127.0.0.1:{ports['mgmt']}")
-              .replace("0.0.0.0:8082", f"127.0.0.1:{ports['metrics']}")
-              .replace("/home/model-server/model-store", str(root / "store")))
-    config += f"grpc_inference_port={ports['g1']}\ngrpc_management_port={ports['g2']}\n"
-    (root / "config.properties").write_text(config)
     (root / "tmp").mkdir()
+    # The entrypoint renders TorchServe's config (serving/config.py) with these ports.
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TMPDIR": str(root / "tmp"),
            "TEMP": str(root / "tmp"), "TEXTREC_HOME": str(SERVING), "TEXTREC_MODEL_ARCHIVE": str(root / "textrec-line.mar"),
            "TEXTREC_MODEL_STORE": str(root / "store"), "TEXTREC_RUN_DIR": str(root / "run"),
-           "TEXTREC_TS_CONFIG": str(root / "config.properties"), "LOG_LOCATION": str(root / "logs"),
-           "TEXTREC_TOKEN": TOKEN, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(ports["gw"]),
-           "TS_INFERENCE_URL": f"http://127.0.0.1:{ports['inf']}", "TS_MANAGEMENT_URL": f"http://127.0.0.1:{ports['mgmt']}"}
+           "LOG_LOCATION": str(root / "logs"), "TEXTREC_TOKEN": TOKEN, "GATEWAY_HOST": "127.0.0.1",
+           "GATEWAY_PORT": str(ports["gw"]), "TEXTREC_TS_INFERENCE_PORT": str(ports["inf"]),
+           "TEXTREC_TS_MANAGEMENT_PORT": str(ports["mgmt"]), "TEXTREC_TS_METRICS_PORT": str(ports["metrics"]),
+           "TEXTREC_TS_METRICS_HOST": "127.0.0.1", "TEXTREC_TS_GRPC_INFERENCE_PORT": str(ports["g1"]),
+           "TEXTREC_TS_GRPC_MANAGEMENT_PORT": str(ports["g2"])}
     proc = subprocess.Popen(["bash", str(SERVING / "entrypoint.sh")], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120

@@ -34,13 +34,14 @@ import torch
 from PIL import Image
 
 from serving.archive import ArchiveOptions, archive_model
-from serving.config import MODEL_NAME, ServeConfig
-from serving.local import LocalServer
+from serving.config import ServeConfig
+from serving.torchserve import TorchServeProcess
 from textrec.artifact import save_artifact
 from textrec.charset import DEFAULT_CHARSET
 from textrec.models import create_model
 from textrec.recognizer import Recognizer
 from textrec.stem import LineStem, StemConfig
+from textrec.tracking import MODEL_NAME
 
 NOBATCH = f"{MODEL_NAME}-nobatch"
 
@@ -89,7 +90,7 @@ def in_process(model_pt: Path, images: list[bytes], batch_size: int, repeat: int
     return out
 
 
-def load_test(server: LocalServer, model: str, images: list[bytes], requests_n: int, concurrency: int) -> dict:
+def load_test(server: TorchServeProcess, model: str, images: list[bytes], requests_n: int, concurrency: int) -> dict:
     url = f"{server.config.inference_url}/predictions/{model}"
     headers = {"Authorization": f"Bearer {server.token()}", "Content-Type": "image/png"}
     local = threading.local()
@@ -115,14 +116,14 @@ def load_test(server: LocalServer, model: str, images: list[bytes], requests_n: 
             "p50_ms": statistics.median(lat), "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
 
 
-def start_server(root: Path, model_pt: Path, batch_size: int, delay_ms: int) -> LocalServer:
+def start_server(root: Path, model_pt: Path, batch_size: int, delay_ms: int) -> TorchServeProcess:
     cfg = ServeConfig(model_store=root / "store", inference_port=free_port(), management_port=free_port(),
                       metrics_port=free_port(), grpc_inference_port=free_port(), grpc_management_port=free_port())
     batched = archive_model(model_pt, cfg.model_store, version="1",
                             options=ArchiveOptions(batch_size=batch_size, max_batch_delay_ms=delay_ms))
     single = archive_model(model_pt, cfg.model_store, version="1", model_name=NOBATCH,
                            options=ArchiveOptions(batch_size=1, max_batch_delay_ms=0))
-    server = LocalServer(cfg, root / "work")
+    server = TorchServeProcess(cfg, root / "work")
     server.start({MODEL_NAME: batched.name, NOBATCH: single.name})
     try:
         server.wait_ready(MODEL_NAME)

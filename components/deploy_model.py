@@ -2,7 +2,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components import COMPONENT_IMAGE
+from components.image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -16,13 +16,12 @@ def deploy_model(model_uri: str, mlflow_uri: str, model_store_uri: str, deployme
     same machine instead (see `make serve`)."""
     import os
     from collections import namedtuple
-    from pathlib import Path
 
-    from serving.local import deploy_model as deploy
+    from cluster.client import current_namespace
+    from serving.deploy import deploy_model as deploy
 
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
-    pod_ns = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-    ns = namespace or (pod_ns.read_text().strip() if pod_ns.exists() else "default")
+    ns = namespace or current_namespace()
     r = deploy(model_uri, target=target, model_store_uri=model_store_uri, namespace=ns, deployment=deployment)
     print(r.reason)
     return namedtuple("Deployment", ["changed", "version", "reason"])(r.changed, r.version or "", r.reason)

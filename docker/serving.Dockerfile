@@ -25,6 +25,7 @@ RUN set -eu; \
       -r /tmp/requirements.txt
 COPY README.md /src/
 COPY textrec /src/textrec
+COPY cluster /src/cluster
 COPY serving /src/serving
 RUN set -eu; \
     if [ -f /tmp/local/ca.crt ]; then export PIP_CERT=/tmp/local/ca.crt; fi; \
@@ -41,8 +42,7 @@ RUN set -eu; \
     useradd --uid 1000 --gid 1000 --home-dir /home/model-server --create-home --shell /usr/sbin/nologin model-server; \
     install -d -o 1000 -g 1000 /home/model-server/model-store /home/model-server/logs /home/model-server/run
 COPY --from=build /opt/venv /opt/venv
-COPY docker/serving/entrypoint.sh docker/serving/gateway.py docker/serving/fetch_model.py \
-     docker/serving/config.properties /opt/textrec/
+COPY docker/serving/entrypoint.sh docker/serving/gateway.py docker/serving/fetch_model.py /opt/textrec/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \

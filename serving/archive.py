@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from serving.config import MODEL_NAME
 from serving.handler import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, SOURCE_FILE
+from textrec.tracking import MODEL_NAME
 
 HANDLER = Path(__file__).with_name("handler.py")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
@@ -206,12 +206,21 @@ def _run_archiver(tmp: Path, model_name: str, source: ModelSource, extra: Path, 
 
 
 def _replace(built: Path, final: Path) -> None:
+    """Put ``built`` (a ``.mar`` or an unpacked folder) at ``final``, replacing what is there.
+
+    textrec.io's atomic writers make one file; an unpacked archive is a folder, which cannot replace
+    another in one rename, so the old folder steps aside first and comes back if the swap fails."""
     if built.is_file() or not final.exists():
         os.replace(built, final)
         return
-    old = final.with_name(f".{final.name}.old")  # a folder cannot be replaced in one rename
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)  # left by a crash in the middle of an earlier swap
     os.replace(final, old)
-    os.replace(built, final)
+    try:
+        os.replace(built, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

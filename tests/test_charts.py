@@ -238,34 +238,90 @@ def test_an_existing_token_secret_replaces_the_generated_one(charts: Path) -> No
     assert ref == {"name": "my-token", "key": "t"}
 
 
-def test_torchserve_config_keeps_auth_on_and_private_apis_on_localhost(charts: Path) -> None:
+def pod_torchserve_config(deployment: dict, tmp_path: Path) -> dict[str, str]:
+    """The config.properties the serving pod's entrypoint renders from its container's environment."""
+    from serving.config import main
+
+    server = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {name: e["value"] for name, e in env_of(server).items() if "value" in e}
+    out = tmp_path / "config.properties"
+    # The entrypoint's command (docker/serving/entrypoint.sh), with the pod's environment.
+    assert main(["--pod", "--model-store", env["TEXTREC_MODEL_STORE"], "--out", str(out)], env=env) == 0
+    return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line and line[0] != "#")
+
+
+def test_the_entrypoint_renders_the_config_the_way_this_test_does() -> None:
+    script = (ROOT / "docker/serving/entrypoint.sh").read_text()
+    assert 'python -m serving.config --pod --model-store "$MODEL_STORE" --out "$TS_CONFIG_FILE"' in script
+    assert '--ts-config "$TS_CONFIG_FILE"' in script
+
+
+def test_torchserve_config_keeps_auth_on_and_private_apis_on_localhost(charts: Path, tmp_path: Path) -> None:
+    from serving.config import ServeConfig, allowed_urls
+
     docs = render(charts, "textrec-serving", {"resources": {"limits": {"nvidia.com/gpu": 1}}})
-    props = dict(line.split("=", 1) for line in
-                 one(docs, "ConfigMap")["data"]["config.properties"].splitlines() if "=" in line)
+    assert not of_kind(docs, "ConfigMap"), "TorchServe's config is rendered in the pod, not shipped"
+    props = pod_torchserve_config(one(docs, "Deployment"), tmp_path)
     assert props["disable_token_authorization"] == "false"
     assert props["enable_model_api"] == "false"
     assert props["metrics_mode"] == "prometheus"
     assert props["management_address"].startswith("http://127.0.0.1:")
     assert props["inference_address"].startswith("http://127.0.0.1:")
-    assert props["allowed_urls"] == "file:///home/model-server/model-store/.*"
+    assert props["allowed_urls"] == allowed_urls(Path("/home/model-server/model-store"))
     assert props["number_of_gpu"] == "1"
     server = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert env_of(server)["OMP_NUM_THREADS"]["value"] == "1"
     # Large numbers must render as integers (Helm reads values as floats: 1.048576e+07 is no size).
-    assert props["max_request_size"] == env_of(server)["GATEWAY_MAX_BODY"]["value"] == "10485760"
+    assert props["max_request_size"] == str(ServeConfig.max_request_size)
     big = one(render(charts, "textrec-serving", {"torchserve": {"maxRequestSize": 123456789, "jobQueueSize": 2000000,
-                                                                "responseTimeout": 3600}}), "ConfigMap")
-    lines = big["data"]["config.properties"].splitlines()
-    assert {"max_request_size=123456789", "job_queue_size=2000000", "default_response_timeout=3600"} <= set(lines)
+                                                                "responseTimeout": 3600}}), "Deployment")
+    lines = set(f"{k}={v}" for k, v in pod_torchserve_config(big, tmp_path).items())
+    assert {"max_request_size=123456789", "job_queue_size=2000000", "default_response_timeout=3600"} <= lines
 
 
-def test_chart_and_image_torchserve_configs_set_the_same_keys(charts: Path) -> None:
-    def keys(text: str) -> set[str]:
-        return {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
+# Where the pod and the local server may differ: addresses and ports (a gateway fronts the pod's
+# TorchServe), the model store's path, the JVM's sizing and the GPUs the pod was given.
+POD_ONLY = {"inference_address", "metrics_address", "model_store", "workflow_store", "allowed_urls", "vmargs",
+            "number_of_gpu"}
 
-    chart_config = one(render(charts, "textrec-serving", {}), "ConfigMap")["data"]["config.properties"]
-    image_config = (ROOT / "docker/serving/config.properties").read_text()
-    assert keys(chart_config) - {"number_of_gpu"} == keys(image_config)
+
+def test_chart_and_local_server_torchserve_configs_agree_on_every_other_setting(charts: Path,
+                                                                               tmp_path: Path) -> None:
+    from serving.config import ServeConfig
+    from serving.config import render as render_config
+
+    pod = pod_torchserve_config(one(render(charts, "textrec-serving", {}), "Deployment"), tmp_path)
+    local = dict(line.split("=", 1) for line in render_config(ServeConfig(model_store=tmp_path)).splitlines()
+                 if "=" in line and line[0] != "#")
+    assert pod.keys() - POD_ONLY == local.keys() - POD_ONLY
+    differing = {k: (pod[k], local[k]) for k in local.keys() - POD_ONLY if pod[k] != local[k]}
+    assert not differing, "the chart's defaults must be serving/config.py's"
+    assert "-XX:+ExitOnOutOfMemoryError" in pod["vmargs"] and "MaxRAMPercentage" in pod["vmargs"]
+    # The limits a client meets (queue, body size, timeouts, token expiry) are the documented ones.
+    assert (pod["job_queue_size"], pod["max_request_size"], pod["default_response_timeout"]) == ("256", "16777216", "60")
+    assert pod["token_expiration_min"] == "720"
+
+
+def test_the_gateway_takes_its_limits_from_the_rendered_torchserve_config(charts: Path) -> None:
+    server = one(render(charts, "textrec-serving", {}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    # No second copy of the body limit or the timeout: docker/serving/gateway.py reads them from the file.
+    assert not {"GATEWAY_MAX_BODY", "GATEWAY_UPSTREAM_TIMEOUT", "TS_INFERENCE_URL"} & env_of(server).keys()
+
+
+def test_defaults_of_the_model_name_outside_python_equal_tracking_model_name() -> None:
+    from textrec.tracking import MODEL_NAME
+
+    serving_values = yaml.safe_load((CHARTS / "textrec-serving/values.yaml").read_text())
+    platform_values = yaml.safe_load((CHARTS / "textrec-platform/values.yaml").read_text())
+    assert serving_values["model"]["name"] == MODEL_NAME
+    assert serving_values["model"]["uri"].endswith(f"/{MODEL_NAME}.mar")
+    assert platform_values["serving"]["model"]["uri"].endswith(f"/{MODEL_NAME}.mar")
+    entrypoint = (ROOT / "docker/serving/entrypoint.sh").read_text()
+    assert re.findall(r"\$\{TEXTREC_MODEL_NAME:-([^}]*)\}", entrypoint) == [MODEL_NAME]
+    kind = (ROOT / "deploy/kind/local-kind.sh").read_text()
+    assert re.findall(r"^MODEL_NAME=(\S+)", kind, flags=re.M) == [MODEL_NAME]
+    dockerfile = (ROOT / "docker/serving.Dockerfile").read_text()
+    assert re.findall(r"TEXTREC_MODEL_NAME=(\S+)", dockerfile) in ([], [MODEL_NAME])
 
 
 @pytest.mark.parametrize("chart,kind", RENDERS)
@@ -334,7 +390,7 @@ def test_service_routes_to_the_server_pods_only(charts: Path) -> None:
     assert container_ports == {"http": 8080, "metrics": 8082}
 
 
-def test_model_archive_comes_from_s3_with_credentials_from_a_secret(charts: Path) -> None:
+def test_model_archive_comes_from_s3_with_credentials_from_a_secret(charts: Path, tmp_path: Path) -> None:
     spec = one(render(charts, "textrec-serving", SERVING_PRODUCTION), "Deployment")["spec"]["template"]["spec"]
     [server] = spec["containers"]
     env = env_of(server)
@@ -343,8 +399,11 @@ def test_model_archive_comes_from_s3_with_credentials_from_a_secret(charts: Path
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "textrec-s3",
                                                                          "key": "AWS_SECRET_ACCESS_KEY"}
     # ...and TorchServe does not hand the credentials on to its Python workers.
-    config = one(render(charts, "textrec-serving", SERVING_PRODUCTION), "ConfigMap")["data"]["config.properties"]
-    assert "blacklist_env_vars=AWS_.*" in config.splitlines()
+    blacklist = pod_torchserve_config(one(render(charts, "textrec-serving", SERVING_PRODUCTION), "Deployment"),
+                                      tmp_path)["blacklist_env_vars"]
+    assert blacklist.startswith("AWS_.*|")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert re.fullmatch(blacklist, name), name
 
 
 def test_model_archive_can_come_from_a_pvc_instead(charts: Path) -> None:
@@ -358,15 +417,22 @@ def test_model_archive_can_come_from_a_pvc_instead(charts: Path) -> None:
 
 
 def test_deploy_step_rollout_patch_targets_the_charts_container(charts: Path) -> None:
-    # serving/local.py rolls a new model out by patching TEXTREC_MODEL_ARCHIVE on this container.
-    local = pytest.importorskip("serving.local")
-    default_container = inspect.signature(local.deploy_model).parameters["container"].default
+    # serving/deploy.py rolls a new model out through cluster/rollout.py, which patches
+    # TEXTREC_MODEL_ARCHIVE on this container.
+    from cluster import rollout
+    from serving import deploy
+
+    default_container = inspect.signature(deploy.deploy_model).parameters["container"].default
+    default_deployment = inspect.signature(deploy.deploy_model).parameters["deployment"].default
     spec = one(render(charts, "textrec-serving", {}), "Deployment")["spec"]["template"]["spec"]
+    platform = {d["metadata"]["name"] for d in of_kind(render(charts, "textrec-platform", {}), "Deployment")}
+    assert default_deployment in platform  # the Deployment the step patches unless told another
     assert [c["name"] for c in spec["containers"]] == [default_container]
-    patch = local.rollout_patch(type("S", (), {"version": "7", "model_uri": "models:/m/7", "run_id": "r"})(),
-                                default_container, "s3://b/textrec-line-v7.mar")
+    patch = rollout.rollout_patch(type("S", (), {"version": "7", "model_uri": "models:/m/7", "run_id": "r"})(),
+                                  default_container, "s3://b/textrec-line-v7.mar")
     patched_env = {e["name"] for e in patch["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert "TEXTREC_MODEL_ARCHIVE" in patched_env and "TEXTREC_MODEL_ARCHIVE" in env_of(spec["containers"][0])
+    assert rollout.ARCHIVE_ENV in patched_env and rollout.ARCHIVE_ENV in env_of(spec["containers"][0])
+    assert patch["spec"]["template"]["metadata"]["annotations"][rollout.VERSION_ANNOTATION] == "7"
 
 
 def test_mlflow_server_command_and_allowed_hosts(charts: Path) -> None:

@@ -8,56 +8,20 @@ for JSON). These tests call the handler the same way.
 from __future__ import annotations
 
 import base64
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from fixtures.serving import line_png, make_model_pt, noise_png
 
-from textrec.artifact import save_artifact
-from textrec.charset import DEFAULT_CHARSET
-from textrec.models import create_model, model_config
 from textrec.recognizer import Recognizer
-from textrec.stem import LineStem, StemConfig
+from textrec.tracking import MODEL_NAME
 
 pytest.importorskip("ts")
 from serving import handler as handler_module  # noqa: E402
 from serving.handler import TextrecHandler  # noqa: E402
-
-
-def _tiny_options() -> dict:
-    """The default model's settings, shrunk: fast enough to load and run many times in a test."""
-    defaults = model_config("line_cnn_lstm")()
-    return {"channels": tuple(8 for _ in defaults.channels), "blocks": tuple(1 for _ in defaults.blocks),
-            "features": 16, "lstm_hidden": 16, "lstm_layers": 1}
-
-
-def make_model_pt(path: Path, seed: int = 0) -> Path:
-    """A tiny untrained line model. The output layer is scaled up so that different images give
-    different, non-empty texts: a served answer can then be told apart from a wrong one."""
-    torch.manual_seed(seed)
-    model = create_model("line_cnn_lstm", num_classes=DEFAULT_CHARSET.num_classes,
-                         height=StemConfig().height, **_tiny_options()).eval()
-    with torch.no_grad():
-        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-        last.weight.mul_(8.0)
-        last.bias[0] = -4.0  # fewer blanks: more characters in the greedy text
-    return save_artifact(path, model, charset=DEFAULT_CHARSET, stem=LineStem(StemConfig()),
-                         decoder={"kind": "greedy"}, metrics={})
-
-
-def line_png(seed: int = 0, width: int = 160, fmt: str = "PNG", mode: str = "L") -> bytes:
-    """A synthetic line image: dark strokes at random places on light paper."""
-    rng = np.random.default_rng(seed)
-    img = np.full((40, width), 240, np.uint8)
-    for x in rng.choice(np.arange(4, width - 6), size=width // 12, replace=False):
-        img[int(rng.integers(6, 14)):int(rng.integers(24, 34)), x:x + 3] = int(rng.integers(0, 50))
-    buf = io.BytesIO()
-    Image.fromarray(img).convert(mode).save(buf, format=fmt)
-    return buf.getvalue()
 
 
 class FakeMetrics:
@@ -71,7 +35,7 @@ class FakeContext:
 
     def __init__(self, model_dir: Path, *, version: str = "7", handler_options: dict | None = None) -> None:
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
-        self.manifest = {"model": {"modelName": "textrec-line", "modelVersion": version,
+        self.manifest = {"model": {"modelName": MODEL_NAME, "modelVersion": version,
                                    "serializedFile": "model.pt", "handler": "handler.py"}}
         self.model_yaml_config = {"handler": handler_options} if handler_options else {}
         self.metrics = FakeMetrics()
@@ -93,7 +57,7 @@ class FakeContext:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("model")
     make_model_pt(d / "model.pt")
-    (d / "textrec-source.json").write_text(json.dumps({"model_uri": "models:/textrec-line/7", "version": "7"}))
+    (d / "textrec-source.json").write_text(json.dumps({"model_uri": f"models:/{MODEL_NAME}/7", "version": "7"}))
     return d
 
 
@@ -115,7 +79,7 @@ def run(handler: TextrecHandler, batch: list[dict], headers: dict | None = None)
 def test_initialize_reads_model_version_limits_and_provenance(handler: TextrecHandler) -> None:
     assert handler.initialized and handler.version == "7"
     assert (handler.max_image_bytes, handler.max_pixels) == (50_000, 200_000)
-    assert handler.source["model_uri"] == "models:/textrec-line/7"
+    assert handler.source["model_uri"] == f"models:/{MODEL_NAME}/7"
     assert handler.formats == ("PNG", "JPEG")
 
 
@@ -146,17 +110,11 @@ def _truncated() -> bytes:
     return png[: len(png) // 2]
 
 
-def _noise_png(side: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (side, side), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
 BAD_INPUTS = {
     "empty body": ({"body": bytearray()}, 400, "empty"),
     "not an image": ({"body": b"hello, this is text and no picture"}, 415, "not a known image format"),
     "truncated png": ({"body": _truncated()}, 400, "truncated"),
-    "too many bytes": ({"body": _noise_png(300)}, 413, "bytes"),
+    "too many bytes": ({"body": noise_png(300)}, 413, "bytes"),
     "too many pixels": ({"body": line_png(5, width=6000)}, 413, "pixels"),
     "unsupported format": ({"body": line_png(6, fmt="TIFF")}, 415, "TIFF"),
     "json without image": ({"body": {"picture": "abc"}}, 400, '"image"'),

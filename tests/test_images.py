@@ -30,12 +30,15 @@ import pytest
 import requests
 import yaml
 from conftest import free_port
+from fixtures.serving import line_png, make_model_pt
+
+from textrec.tracking import MODEL_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = ROOT / "docker" / "serving"
 VENV_BIN = Path(sys.executable).parent
 TOKEN = "test-token-0123456789abcdefghij"
-MODEL = "textrec-line"
+MODEL = MODEL_NAME
 # A function handler: TorchServe and the gateway are real, the model is a stand-in that echoes sizes.
 ECHO_HANDLER = '''
 def handle(data, context):
@@ -76,17 +79,20 @@ def _tail(log: Path | None) -> str:
     return log.read_text()[-3000:] if log and log.exists() else ""
 
 
-def serving_config(ports: dict[str, int], store: Path, token_minutes: float | None = None) -> str:
-    """The image's config.properties with this test's free ports and folders."""
-    text = (SERVING / "config.properties").read_text()
-    text = (text.replace("127.0.0.1:8085", f"127.0.0.1:{ports['inference']}")
-                .replace("127.0.0.1:8081", f"127.0.0.1:{ports['management']}")
-                .replace("0.0.0.0:8082", f"127.0.0.1:{ports['metrics']}")
-                .replace("/home/model-server/model-store", str(store)))
-    text += f"grpc_inference_port={ports['grpc_inference']}\ngrpc_management_port={ports['grpc_management']}\n"
+def torchserve_env(ports: dict[str, int], token_minutes: float | None = None) -> dict[str, str]:
+    """TEXTREC_TS_* settings that move the pod's TorchServe onto this test's free ports (the
+    entrypoint renders its config.properties from them, as in a pod)."""
+    env = {"TEXTREC_TS_INFERENCE_PORT": ports["inference"], "TEXTREC_TS_MANAGEMENT_PORT": ports["management"],
+           "TEXTREC_TS_METRICS_PORT": ports["metrics"], "TEXTREC_TS_METRICS_HOST": "127.0.0.1",
+           "TEXTREC_TS_GRPC_INFERENCE_PORT": ports["grpc_inference"],
+           "TEXTREC_TS_GRPC_MANAGEMENT_PORT": ports["grpc_management"]}
     if token_minutes is not None:
-        text += f"token_expiration_min={token_minutes}\n"
-    return text
+        env["TEXTREC_TS_TOKEN_EXPIRATION_MIN"] = token_minutes
+    return {k: str(v) for k, v in env.items()}
+
+
+def config_line(config: Path, key: str) -> str:
+    return next(line.split("=", 1)[1] for line in config.read_text().splitlines() if line.startswith(key + "="))
 
 
 # --- the entrypoint, gateway and fetcher against a real TorchServe -------------------------------
@@ -99,6 +105,7 @@ class Pod:
     url: str
     run_dir: Path
     log: Path
+    ports: dict[str, int]
 
     def post(self, body: bytes = b"\x89PNG...", token: str | None = TOKEN, path: str = f"/predictions/{MODEL}"):
         headers = {"Content-Type": "image/png"} | ({"Authorization": f"Bearer {token}"} if token else {})
@@ -120,24 +127,23 @@ def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
                     "--handler", str(source / "echo_handler.py"), "--export-path", str(source)], check=True)
     ports = {k: free_port() for k in ("gateway", "inference", "management", "metrics", "grpc_inference",
                                       "grpc_management")}
-    # Keys that expire after 3 s, so the gateway must renew them through TorchServe's token API.
-    (root / "config.properties").write_text(serving_config(ports, root / "store", token_minutes=0.05))
-    for d in ("run", "logs", "tmp"):
+    for d in ("logs", "tmp"):
         (root / d).mkdir()
+    # The gateway finds TorchServe's addresses in the config the entrypoint renders; the
+    # model name comes from the entrypoint's default. Keys expire after 3 s, so the gateway must
+    # renew them through TorchServe's token API.
     env = {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HOME": str(root), "TMPDIR": str(root / "tmp"),
-           "TEMP": str(root / "tmp"), "TEXTREC_HOME": str(SERVING), "TEXTREC_MODEL_NAME": MODEL,
+           "TEMP": str(root / "tmp"), "TEXTREC_HOME": str(SERVING),
            "TEXTREC_MODEL_ARCHIVE": str(source / f"{MODEL}.mar"), "TEXTREC_MODEL_STORE": str(root / "store"),
-           "TEXTREC_RUN_DIR": str(root / "run"), "TEXTREC_TS_CONFIG": str(root / "config.properties"),
-           "LOG_LOCATION": str(root / "logs"), "TEXTREC_TOKEN": TOKEN, "GATEWAY_HOST": "127.0.0.1",
-           "GATEWAY_PORT": str(ports["gateway"]), "GATEWAY_MAX_BODY": "4096",
-           "TS_INFERENCE_URL": f"http://127.0.0.1:{ports['inference']}",
-           "TS_MANAGEMENT_URL": f"http://127.0.0.1:{ports['management']}",
-           "OMP_NUM_THREADS": "1", "JAVA_HOME": os.environ.get("JAVA_HOME", "")}
+           "TEXTREC_RUN_DIR": str(root / "run"), "LOG_LOCATION": str(root / "logs"), "TEXTREC_TOKEN": TOKEN,
+           "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(ports["gateway"]), "GATEWAY_MAX_BODY": "4096",
+           "OMP_NUM_THREADS": "1", "JAVA_HOME": os.environ.get("JAVA_HOME", ""),
+           **torchserve_env(ports, token_minutes=0.05)}
     log = root / "pod.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(["bash", str(SERVING / "entrypoint.sh")], env={k: v for k, v in env.items() if v},
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    pod = Pod(proc, f"http://127.0.0.1:{ports['gateway']}", root / "run", log)
+    pod = Pod(proc, f"http://127.0.0.1:{ports['gateway']}", root / "run", log, ports)
     try:
         wait_until(lambda: requests.get(pod.url + "/ready", timeout=5).status_code == 200, 120,
                    "model READY through the gateway", proc, log)
@@ -177,9 +183,27 @@ def test_the_gateway_renews_expired_torchserve_keys(pod: Pod) -> None:
     assert requests.get(pod.url + "/ready", timeout=10).status_code == 200  # management key renewed too
 
 
+def test_the_entrypoint_renders_torchserves_config_from_serving_config(pod: Pod) -> None:
+    from serving.config import POD, ServeConfig, env_values, render
+
+    settings = {**POD, **env_values(torchserve_env(pod.ports, token_minutes=0.05))}
+    expected = render(ServeConfig(model_store=pod.log.parent / "store", **settings))
+    assert (pod.run_dir / "config.properties").read_text() == expected
+    assert config_line(pod.run_dir / "config.properties", "inference_address").endswith(f":{pod.ports['inference']}")
+
+
+def test_a_bad_torchserve_setting_stops_the_container_at_once_with_its_name(tmp_path: Path) -> None:
+    env = {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "TEXTREC_HOME": str(SERVING),
+           "TEXTREC_RUN_DIR": str(tmp_path / "run"), "TEXTREC_MODEL_STORE": str(tmp_path / "store"),
+           "TEXTREC_TS_JOB_QUEUE_SIZE": "lots", "TEXTREC_MODEL_ARCHIVE": str(tmp_path / "never-fetched.mar")}
+    proc = subprocess.run(["bash", str(SERVING / "entrypoint.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "TEXTREC_TS_JOB_QUEUE_SIZE='lots'" in proc.stderr
+    assert "fetch_model" not in proc.stdout + proc.stderr and not (tmp_path / "store").exists()
+
+
 def test_torchserve_itself_still_demands_its_own_key(pod: Pod) -> None:
-    config = (pod.log.parent / "config.properties").read_text()
-    inference = next(line.split("=", 1)[1] for line in config.splitlines() if line.startswith("inference_address"))
+    inference = config_line(pod.run_dir / "config.properties", "inference_address")
     r = requests.post(f"{inference}/predictions/{MODEL}", data=b"x", timeout=10,
                       headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code in (400, 401) and "InvalidKeyException" in r.text
@@ -202,14 +226,13 @@ def test_ready_and_live_report_the_model_state(pod: Pod) -> None:
 
 
 def test_ready_is_503_for_a_model_torchserve_does_not_serve(pod: Pod, tmp_path: Path) -> None:
-    # A second gateway over the same TorchServe, asking about another model name.
+    # A second gateway over the same TorchServe, asking about another model name; its addresses
+    # given in the environment, its limits read from TorchServe's config.
+    config = pod.run_dir / "config.properties"
     env = {**os.environ, "TEXTREC_TOKEN": TOKEN, "TEXTREC_MODEL_NAME": "not-loaded", "GATEWAY_HOST": "127.0.0.1",
-           "GATEWAY_PORT": str(port := free_port()), "TS_KEY_FILE": str(pod.run_dir / "key_file.json")}
-    config = (pod.log.parent / "config.properties").read_text()
-    for line in config.splitlines():
-        if line.startswith(("inference_address", "management_address")):
-            name = "TS_INFERENCE_URL" if line.startswith("inference") else "TS_MANAGEMENT_URL"
-            env[name] = line.split("=", 1)[1]
+           "GATEWAY_PORT": str(port := free_port()), "TS_KEY_FILE": str(pod.run_dir / "key_file.json"),
+           "TS_CONFIG_FILE": str(config), "TS_INFERENCE_URL": config_line(config, "inference_address"),
+           "TS_MANAGEMENT_URL": config_line(config, "management_address")}
     proc = subprocess.Popen([sys.executable, str(SERVING / "gateway.py")], env=env, stderr=subprocess.PIPE)
     try:
         wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/live", timeout=5).status_code, 20, "second gateway")
@@ -218,6 +241,36 @@ def test_ready_is_503_for_a_model_torchserve_does_not_serve(pod: Pod, tmp_path: 
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0  # SIGTERM: a clean exit
+
+
+def _load_gateway(monkeypatch: pytest.MonkeyPatch):
+    """docker/serving/gateway.py as a module (it is a script, not part of a package)."""
+    spec = importlib.util.spec_from_file_location("textrec_gateway", SERVING / "gateway.py")
+    gateway = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, gateway)  # dataclasses look their module up there
+    spec.loader.exec_module(gateway)
+    return gateway
+
+
+def test_gateway_takes_torchserves_addresses_and_limits_from_its_config(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.config import POD, ServeConfig, write_config
+
+    gateway = _load_gateway(monkeypatch)
+    cfg = ServeConfig(model_store=tmp_path / "store", **POD, response_timeout_s=30)
+    write_config(cfg, tmp_path / "config.properties")
+    env = {"TEXTREC_TOKEN": TOKEN, "TEXTREC_MODEL_NAME": MODEL, "TS_CONFIG_FILE": str(tmp_path / "config.properties")}
+    settings = gateway.Settings.from_env(env)
+    assert settings.inference == ("127.0.0.1", cfg.inference_port) and settings.management == ("127.0.0.1", 8081)
+    assert settings.max_body == cfg.max_request_size and settings.timeout_s == 35.0
+    assert settings.port == 8080 and settings.model_name == MODEL
+    overridden = gateway.Settings.from_env({**env, "GATEWAY_MAX_BODY": "100", "GATEWAY_UPSTREAM_TIMEOUT": "9"})
+    assert (overridden.max_body, overridden.timeout_s) == (100, 9.0)
+    for missing, words in (({"TS_CONFIG_FILE": ""}, "is not set and no TS_CONFIG_FILE gives TorchServe"),
+                           ({"TEXTREC_MODEL_NAME": ""}, "TEXTREC_MODEL_NAME"),
+                           ({"TS_CONFIG_FILE": str(tmp_path / "nope")}, "nope: cannot read")):
+        with pytest.raises(gateway.ConfigError, match=words):
+            gateway.Settings.from_env({**env, **missing})
 
 
 def test_gateway_refuses_to_start_without_a_usable_token(tmp_path: Path) -> None:
@@ -380,18 +433,13 @@ def test_component_image_runs_a_compiled_kfp_component(docker: dict[str, str], i
 @pytest.mark.docker
 def test_serving_image_answers_a_real_prediction_and_stops_cleanly(docker: dict[str, str], images: dict[str, str],
                                                                   tmp_path: Path) -> None:
-    from test_handler import line_png, make_model_pt
-
     from serving.archive import archive_model
 
     store = tmp_path / "store"
     mar = archive_model(str(make_model_pt(tmp_path / "model.pt")), store, version="1")
     ports = {k: free_port() for k in ("gateway", "inference", "management", "metrics", "grpc_inference",
                                       "grpc_management")}
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "config.properties").write_text(serving_config(ports, Path("/home/model-server/model-store")))
-    for p in (store, conf, mar):
+    for p in (store, mar):
         p.chmod(0o755)  # readable by the image's uid 1000
     tmpfs = [f"{d}:uid=1000,gid=1000,mode=0755" for d in
              ("/tmp", "/home/model-server/run", "/home/model-server/logs", "/home/model-server/model-store")]
@@ -399,11 +447,10 @@ def test_serving_image_answers_a_real_prediction_and_stops_cleanly(docker: dict[
     # The chart's hardening: read-only root, writable emptyDir-like mounts, non-root, no capabilities.
     run = _run(docker, "run", "-d", "--name", name, "--network", "host", "--read-only",
                *[x for t in tmpfs for x in ("--tmpfs", t)], "--cap-drop", "ALL",
-               "--security-opt", "no-new-privileges", "-v", f"{store}:/src:ro", "-v", f"{conf}:/etc/textrec/ts:ro",
+               "--security-opt", "no-new-privileges", "-v", f"{store}:/src:ro",
                "-e", f"TEXTREC_MODEL_ARCHIVE=/src/{mar.name}", "-e", f"TEXTREC_TOKEN={TOKEN}",
-               "-e", "TEXTREC_TS_CONFIG=/etc/textrec/ts/config.properties", "-e", "GATEWAY_HOST=127.0.0.1",
-               "-e", f"GATEWAY_PORT={ports['gateway']}", "-e", f"TS_INFERENCE_URL=http://127.0.0.1:{ports['inference']}",
-               "-e", f"TS_MANAGEMENT_URL=http://127.0.0.1:{ports['management']}", images["serving"])
+               *[x for k, v in torchserve_env(ports).items() for x in ("-e", f"{k}={v}")],
+               "-e", "GATEWAY_HOST=127.0.0.1", "-e", f"GATEWAY_PORT={ports['gateway']}", images["serving"])
     assert run.returncode == 0, run.stderr
     url = f"http://127.0.0.1:{ports['gateway']}"
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,21 +25,26 @@ from unittest import mock
 import pytest
 import requests
 from conftest import free_port
-from test_handler import line_png, make_model_pt
+from fixtures.serving import line_png, make_model_pt, noise_png
 
+from cluster.rollout import VERSION_ANNOTATION
+from serving import config as serve_config
 from serving.archive import ArchiveError, ArchiveOptions, archive_model, read_source, resolve_model
-from serving.config import MODEL_NAME, ServeConfig, allowed_urls, render
-from serving.local import VERSION_ANNOTATION, DeployResult, LocalServer, ServeError, deploy_model
+from serving.config import SECRET_ENV, ServeConfig, allowed_urls, render
+from serving.deploy import DeployResult, deploy_model
+from serving.torchserve import ServeError, TorchServeProcess
 from textrec.recognizer import Recognizer
+from textrec.tracking import MODEL_NAME
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17 (java on PATH)")
+# Only the tests that start TorchServe need Java; the rest (config, archives, the cluster path) run anyway.
+requires_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17 (java on PATH)")
 
 LIMITS = {"max_image_bytes": 60_000, "max_pixels": 300_000}
 
 
 @dataclass
 class Served:
-    server: LocalServer
+    server: TorchServeProcess
     model_pt: Path
     root: Path
 
@@ -57,12 +64,14 @@ def _config(root: Path) -> ServeConfig:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    if shutil.which("java") is None:
+        pytest.skip("TorchServe needs Java 17 (java on PATH)")
     root = tmp_path_factory.mktemp("serve")
     model_pt = make_model_pt(root / "v1" / "model.pt", seed=0)
     cfg = _config(root)
     mar = archive_model(model_pt, cfg.model_store, version="1",
                         options=ArchiveOptions(batch_size=8, max_batch_delay_ms=5, **LIMITS))
-    server = LocalServer(cfg, root / "work")
+    server = TorchServeProcess(cfg, root / "work")
     server.start({MODEL_NAME: mar.name})
     try:
         server.wait_ready()
@@ -84,6 +93,63 @@ def test_config_binds_loopback_and_restricts_models_to_the_store(tmp_path: Path)
     assert "$" not in text, "every placeholder must be filled"
     with pytest.raises(ValueError, match="ports must differ"):
         ServeConfig(model_store=tmp_path, inference_port=9000, management_port=9000)
+
+
+def _props(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_config_cli_takes_flags_then_environment_then_the_pod_layout(tmp_path: Path) -> None:
+    out = tmp_path / "config.properties"
+    env = {"TEXTREC_TS_JOB_QUEUE_SIZE": "7", "TEXTREC_TS_METRICS_PORT": "9100", "TEXTREC_TS_GPUS": "2",
+           "TEXTREC_TS_TOKEN_EXPIRATION_MIN": "0.05", "TEXTREC_TS_WORKERS_PER_MODEL": "", "OTHER": "x"}
+    code = serve_config.main(["--pod", "--model-store", str(tmp_path / "store"), "--metrics-port", "9200",
+                              "--out", str(out)], env=env)
+    props = _props(out.read_text())
+    assert code == 0
+    assert props["inference_address"] == "http://127.0.0.1:8085"  # the pod layout: the gateway owns 8080
+    assert props["metrics_address"] == "http://0.0.0.0:9200"  # the flag beats the environment
+    assert (props["job_queue_size"], props["number_of_gpu"], props["token_expiration_min"]) == ("7", "2", "0.05")
+    assert props["default_workers_per_model"] == "1"  # an empty variable keeps the default
+    assert props["model_store"] == str(tmp_path / "store") and "$" not in out.read_text()
+    local = _props(render(ServeConfig(model_store=tmp_path / "store")))
+    assert "number_of_gpu" not in local and local["metrics_address"] == "http://127.0.0.1:8082"
+    assert local["token_expiration_min"] == "720" and local["vmargs"] == "-Xmx768m -XX:+ExitOnOutOfMemoryError"
+
+
+def test_config_refuses_bad_settings_and_names_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "config.properties"
+    cases = [({"TEXTREC_TS_JOB_QUEUE_SIZE": "lots"}, "TEXTREC_TS_JOB_QUEUE_SIZE='lots': expected an integer"),
+             ({"TEXTREC_TS_ENABLE_MODEL_API": "maybe"}, "expected true or false"),
+             ({"TEXTREC_TS_JAVA_OPTS": "-Xmx1g\nenable_model_api=true"}, "java_opts must be one line"),
+             ({"TEXTREC_TS_MAX_REQUEST_SIZE": "0"}, "max_request_size must be at least 1")]
+    for env, words in cases:
+        assert serve_config.main(["--model-store", str(tmp_path), "--out", str(out)], env=env) == 2
+        assert words in capsys.readouterr().err
+    assert serve_config.main(["--out", str(out)], env={}) == 2
+    assert "no model store" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == [], "a refused config writes nothing"
+
+
+def test_the_request_limit_admits_the_largest_image_the_handler_accepts_as_base64_json() -> None:
+    from serving.handler import DEFAULT_MAX_IMAGE_BYTES
+
+    body = json.dumps({"image": base64.b64encode(bytes(DEFAULT_MAX_IMAGE_BYTES)).decode()})
+    assert len(body) <= ServeConfig.max_request_size
+
+
+def test_the_workers_never_see_credentials() -> None:
+    import re
+
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN", "DB_PASSWORD"):
+        assert re.fullmatch(SECRET_ENV, name), name
+    assert not re.fullmatch(SECRET_ENV, "OMP_NUM_THREADS")
+
+
+def test_cli_stop_says_when_no_server_runs(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "serving", "stop", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and f"no TorchServe running from {tmp_path}" in proc.stdout
 
 
 def test_archive_carries_the_version_and_where_the_model_came_from(served: Served) -> None:
@@ -111,22 +177,11 @@ def test_predictions_in_all_three_forms_match_the_in_process_recognizer(served: 
     assert {g["version"] for g in got} == {"1"}
 
 
-def _too_many_bytes() -> bytes:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
 BAD = {
     "empty body": (b"", 400, "empty"),
     "not an image": (b"just some text, no picture", 415, "not a known image format"),
     "truncated png": (line_png(4, width=400)[:300], 400, "truncated"),
-    "too many bytes": (_too_many_bytes(), 413, "bytes"),
+    "too many bytes": (noise_png(300), 413, "bytes"),
     "too many pixels": (line_png(5, width=8000), 413, "pixels"),
     "unsupported format": (line_png(6, fmt="TIFF"), 415, "TIFF"),
 }
@@ -153,6 +208,12 @@ def test_a_body_over_max_request_size_is_refused_by_torchserve(served: Served) -
     r = served.post(data=b"\x89PNG" + b"0" * (served.server.config.max_request_size + 10),
                     headers={"Content-Type": "image/png"})
     assert r.status_code == 413
+
+
+def test_a_base64_body_of_a_10_mib_image_reaches_the_handler(served: Served) -> None:
+    # Not refused by TorchServe's request limit: the handler's own image limit (LIMITS) answers.
+    r = served.post(json={"image": base64.b64encode(bytes(10 * 1024 * 1024)).decode()})
+    assert r.status_code == 413 and "bytes" in r.json()["message"], r.text
 
 
 def test_bad_and_good_requests_sent_together_each_get_their_own_answer(served: Served) -> None:
@@ -277,12 +338,13 @@ def test_live_version_swap_drops_no_request_and_unchanged_champion_is_left_alone
     assert not again.changed and "already served" in again.reason
 
 
+@requires_java
 def test_a_model_that_cannot_load_fails_fast_with_its_traceback(tmp_path: Path) -> None:
     broken = tmp_path / "model.pt"
     broken.write_bytes(b"this is no model artifact")
     cfg = _config(tmp_path)
     mar = archive_model(broken, cfg.model_store, version="1")
-    server = LocalServer(cfg, tmp_path / "work")
+    server = TorchServeProcess(cfg, tmp_path / "work")
     server.start({MODEL_NAME: mar.name})
     try:
         t0 = time.monotonic()
@@ -351,12 +413,13 @@ def test_archive_from_the_registry_champion_keeps_its_version_and_run(tmp_path: 
     from serving import archive
 
     model_pt = make_model_pt(tmp_path / "model.pt")
-    monkeypatch.setattr(archive, "lookup_version", lambda uri: ("textrec-line", "12", "run-abc"))
+    champion = f"models:/{MODEL_NAME}@champion"
+    monkeypatch.setattr(archive, "lookup_version", lambda uri: (MODEL_NAME, "12", "run-abc"))
     monkeypatch.setattr(archive, "_download_version", lambda name, version, dest: model_pt)
-    mar = archive_model("models:/textrec-line@champion", tmp_path / "store")
+    mar = archive_model(champion, tmp_path / "store")
     info = read_source(mar)
     assert mar.name == f"{MODEL_NAME}-v12.mar"
-    assert (info["version"], info["run_id"], info["model_uri"]) == ("12", "run-abc", "models:/textrec-line@champion")
+    assert (info["version"], info["run_id"], info["model_uri"]) == ("12", "run-abc", champion)
     assert json.loads(json.dumps(info))["manifest"]["model"]["modelVersion"] == "12"
 
 
@@ -387,10 +450,11 @@ def _register(model_pt: Path, champion: bool) -> str:
     return version
 
 
+@requires_java
 @pytest.mark.slow  # an MLflow server and a second TorchServe: ~40 s on two cores
 def test_serve_and_deploy_follow_the_registry_champion(tmp_path: Path, mlflow_uri: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from serving.local import serve
+    from serving.deploy import serve
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     first = _register(make_model_pt(tmp_path / "a" / "model.pt", seed=0), champion=True)
@@ -405,7 +469,7 @@ def test_serve_and_deploy_follow_the_registry_champion(tmp_path: Path, mlflow_ur
         assert moved.changed and (moved.version, moved.previous) == (second, first)
         assert server.predict(line_png(1))["version"] == second
         source = read_source(moved.archive)
-        assert source["registered_name"] == MODEL_NAME and source["model_uri"] == "models:/textrec-line@champion"
+        assert source["registered_name"] == MODEL_NAME and source["model_uri"] == f"models:/{MODEL_NAME}@champion"
         from mlflow import MlflowClient
 
         assert source["run_id"] == MlflowClient().get_model_version(MODEL_NAME, second).run_id

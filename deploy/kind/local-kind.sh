@@ -36,7 +36,8 @@ KFP_VERSION=${KFP_VERSION:-2.14.3}
 NAMESPACE=${NAMESPACE:-kubeflow}
 RELEASE=${RELEASE:-textrec}
 IMAGE_TAG=${IMAGE_TAG:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
-MODEL_URI=${MODEL_URI:-s3://mlpipeline/textrec/models/textrec-line.mar}
+MODEL_NAME=textrec-line  # textrec.tracking.MODEL_NAME, which the pipeline registers (a test checks)
+MODEL_URI=${MODEL_URI:-s3://mlpipeline/textrec/models/$MODEL_NAME.mar}
 S3_ENDPOINT=http://minio-service.kubeflow:9000  # the object store Kubeflow Pipelines installs
 KFP_PORT=${KFP_PORT:-8888}
 component="textrec-component:$IMAGE_TAG"
@@ -71,7 +72,7 @@ values=(
   --set mlflow.fullnameOverride=mlflow
   --set mlflow.mlflow.artifactsDestination=s3://mlpipeline/textrec/mlflow
   --set "mlflow.s3.endpoint=$S3_ENDPOINT" --set mlflow.s3.existingSecret=textrec-s3
-  --set "serving.model.uri=$MODEL_URI"
+  --set-string "serving.model.name=$MODEL_NAME" --set "serving.model.uri=$MODEL_URI"
   --set "serving.model.s3.endpoint=$S3_ENDPOINT" --set serving.model.s3.existingSecret=textrec-s3
 )
 step "platform chart (MLflow first; serving once a model exists)"
@@ -105,7 +106,7 @@ spec:
           command: [sh, -ec]
           args:
             - |
-              python -m serving.archive models:/textrec-line@champion --store /tmp/store
+              python -m serving.archive models:/$MODEL_NAME@champion --store /tmp/store
               python -c "import glob; from textrec.storage import upload; print(upload(glob.glob('/tmp/store/*.mar')[0], '$MODEL_URI'))"
           env:
             - {name: MLFLOW_TRACKING_URI, value: "http://mlflow:5000"}
@@ -131,6 +132,6 @@ MLflow:                kubectl -n $NAMESPACE port-forward svc/mlflow 5000:5000  
 Recognizer:            kubectl -n $NAMESPACE port-forward svc/textrec-serving 8090:8080
   TOKEN=\$(kubectl -n $NAMESPACE get secret textrec-serving-token -o jsonpath='{.data.token}' | base64 -d)
   curl -H "Authorization: Bearer \$TOKEN" -H "Content-Type: image/png" --data-binary @line.png \\
-    http://localhost:8090/predictions/textrec-line
+    http://localhost:8090/predictions/$MODEL_NAME
 Delete everything:     kind delete cluster --name $CLUSTER
 TXT

@@ -6,11 +6,20 @@
 # so the kubelet restarts it instead of leaving a half-working pod.
 set -euo pipefail
 
+# The one default of the model name outside Python (it equals textrec.tracking.MODEL_NAME; a test checks).
 MODEL_NAME=${TEXTREC_MODEL_NAME:-textrec-line}
+export TEXTREC_MODEL_NAME=$MODEL_NAME  # the model the gateway checks for readiness
 MODEL_STORE=${TEXTREC_MODEL_STORE:-/home/model-server/model-store}
 RUN_DIR=${TEXTREC_RUN_DIR:-/home/model-server/run}
 HOME_DIR=${TEXTREC_HOME:-/opt/textrec}  # where gateway.py and fetch_model.py live
-TS_CONFIG=${TEXTREC_TS_CONFIG:-$HOME_DIR/config.properties}
+
+# TorchServe's config.properties is rendered from serving/config.py, the one source of its settings
+# (the local server renders the same template): the image's layout (--pod) plus any TEXTREC_TS_*
+# variables, e.g. TEXTREC_TS_JOB_QUEUE_SIZE, which the Helm chart sets from its values. First, so a
+# bad setting stops the container at once, with its name.
+mkdir -p "$RUN_DIR"
+export TS_CONFIG_FILE="$RUN_DIR/config.properties"  # the gateway reads TorchServe's addresses from it
+python -m serving.config --pod --model-store "$MODEL_STORE" --out "$TS_CONFIG_FILE" >/dev/null
 
 # TEXTREC_MODEL_ARCHIVE (s3://... or a mounted path) is fetched into the store first; without it the
 # archive must already be there (a mounted model store, or `docker run -v`).
@@ -26,10 +35,8 @@ else
        "$MODEL_STORE/$MODEL_NAME/); set TEXTREC_MODEL_ARCHIVE, or mount the archive there" >&2
   exit 2
 fi
-[ -r "$TS_CONFIG" ] || { echo "entrypoint: $TS_CONFIG: TorchServe config not readable" >&2; exit 2; }
 
 # TorchServe writes key_file.json into its working directory; the gateway reads it from there.
-mkdir -p "$RUN_DIR"
 cd "$RUN_DIR"
 export TS_KEY_FILE="$RUN_DIR/key_file.json"
 export LOG_LOCATION=${LOG_LOCATION:-/home/model-server/logs}
@@ -37,7 +44,7 @@ export METRICS_LOCATION=${METRICS_LOCATION:-$LOG_LOCATION}
 rm -f "$TS_KEY_FILE"  # a stale file from a restarted container holds keys TorchServe no longer knows
 
 torchserve --start --foreground --ncs --model-store "$MODEL_STORE" --models "$model" \
-  --ts-config "$TS_CONFIG" &
+  --ts-config "$TS_CONFIG_FILE" &
 ts_pid=$!
 python "$HOME_DIR/gateway.py" &
 gw_pid=$!

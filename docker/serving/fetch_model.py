@@ -11,11 +11,12 @@ already fetched from the same SOURCE and skips the download.
 
 from __future__ import annotations
 
-import os
+import shutil
 import sys
 import zipfile
 from pathlib import Path
 
+from textrec.io import atomic_write
 from textrec.storage import StorageError, download
 
 
@@ -27,13 +28,19 @@ def fetch(source: str, store: Path, name: str) -> tuple[Path, bool]:
     if dest.is_file() and marker.is_file() and marker.read_text() == source:
         return dest, False
     marker.unlink(missing_ok=True)
-    download(source, dest)
+    download(source, dest)  # lands atomically (textrec.storage)
     if dest.is_dir() or not zipfile.is_zipfile(dest):
+        _remove(dest)  # TorchServe must not find it there after a restart
         raise ValueError(f"{source}: not a model archive (expected a .mar zip written by torch-model-archiver)")
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(source)
-    os.replace(tmp, marker)
+    atomic_write(marker, source)
     return dest, True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> int:

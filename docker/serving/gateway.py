@@ -12,9 +12,14 @@ authorization on: nothing in the pod talks to it without a key.
     GET  /ready   no token: 200 when the management API lists a READY worker for the model, else 503
     GET  /live    no token: 200 when TorchServe's /ping answers Healthy, else 503
 
-Configuration (environment): TEXTREC_TOKEN_FILE or TEXTREC_TOKEN (the client token), TEXTREC_MODEL_NAME,
-GATEWAY_HOST, GATEWAY_PORT, GATEWAY_MAX_BODY (bytes), TS_INFERENCE_URL, TS_MANAGEMENT_URL,
-TS_KEY_FILE, GATEWAY_UPSTREAM_TIMEOUT (seconds). Standard library only.
+Configuration (environment): TEXTREC_TOKEN_FILE or TEXTREC_TOKEN (the client token), TEXTREC_MODEL_NAME
+(required; the entrypoint passes it on), GATEWAY_HOST, GATEWAY_PORT, TS_KEY_FILE, and TS_CONFIG_FILE:
+the TorchServe config.properties the entrypoint rendered (serving/config.py). The gateway fronts that
+TorchServe, so it takes TorchServe's addresses and limits from that file: ``inference_address``,
+``management_address``, ``max_request_size`` (the largest body it accepts) and
+``default_response_timeout`` (plus 5 s, so TorchServe's own timeout answers first). TS_INFERENCE_URL,
+TS_MANAGEMENT_URL, GATEWAY_MAX_BODY (bytes) and GATEWAY_UPSTREAM_TIMEOUT (seconds) override them.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ PREDICT_PATH = re.compile(r"^/predictions/[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9
 # Headers passed on to TorchServe; everything else (cookies, auth, hop-by-hop headers) stays here.
 FORWARDED_HEADERS = ("content-type", "accept", "x-request-id")
 RENEW_MARGIN_S = 30.0  # renew a key this long before TorchServe says it expires
+TIMEOUT_MARGIN_S = 5.0  # wait this much longer than TorchServe's response timeout
 
 
 class ConfigError(RuntimeError):
@@ -59,17 +65,45 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Settings:
+        token = _read_token(env)
+        ts = _torchserve_config(env)
+
+        def setting(var: str, key: str) -> str:
+            value = env.get(var) or ts.get(key)
+            if not value:
+                raise ConfigError(f"{var} is not set and no TS_CONFIG_FILE gives TorchServe's {key}")
+            return value
+
+        if not env.get("TEXTREC_MODEL_NAME"):
+            raise ConfigError("TEXTREC_MODEL_NAME (the TorchServe model to front) is not set")
+        if env.get("GATEWAY_UPSTREAM_TIMEOUT"):
+            timeout = float(env["GATEWAY_UPSTREAM_TIMEOUT"])
+        else:
+            timeout = float(setting("GATEWAY_UPSTREAM_TIMEOUT", "default_response_timeout")) + TIMEOUT_MARGIN_S
         return cls(
-            token=_read_token(env),
-            model_name=env.get("TEXTREC_MODEL_NAME", "textrec-line"),
+            token=token,
+            model_name=env["TEXTREC_MODEL_NAME"],
             host=env.get("GATEWAY_HOST", "0.0.0.0"),
             port=int(env.get("GATEWAY_PORT", "8080")),
-            max_body=int(env.get("GATEWAY_MAX_BODY", str(10 * 1024 * 1024))),
-            inference=_host_port(env.get("TS_INFERENCE_URL", "http://127.0.0.1:8085"), "TS_INFERENCE_URL"),
-            management=_host_port(env.get("TS_MANAGEMENT_URL", "http://127.0.0.1:8081"), "TS_MANAGEMENT_URL"),
+            max_body=int(setting("GATEWAY_MAX_BODY", "max_request_size")),
+            inference=_host_port(setting("TS_INFERENCE_URL", "inference_address"), "TS_INFERENCE_URL"),
+            management=_host_port(setting("TS_MANAGEMENT_URL", "management_address"), "TS_MANAGEMENT_URL"),
             key_file=Path(env.get("TS_KEY_FILE", "key_file.json")),
-            timeout_s=float(env.get("GATEWAY_UPSTREAM_TIMEOUT", "60")),
+            timeout_s=timeout,
         )
+
+
+def _torchserve_config(env: dict[str, str]) -> dict[str, str]:
+    """``key=value`` lines of the config.properties named by TS_CONFIG_FILE (none: empty)."""
+    if not env.get("TS_CONFIG_FILE"):
+        return {}
+    path = Path(env["TS_CONFIG_FILE"])
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"TS_CONFIG_FILE={path}: cannot read TorchServe's config: {e}") from e
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def _read_token(env: dict[str, str]) -> str:

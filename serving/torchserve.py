@@ -1,23 +1,20 @@
-"""Run TorchServe on this machine and roll a new model version into it without dropping a request.
+"""One TorchServe process tree on this machine, controlled through its working folder.
 
-Everything a running server needs lives in one working folder (``.textrec/serve`` by default):
-``config.properties``, ``server.json`` (the settings, so other commands find the ports),
-``key_file.json`` (TorchServe writes its tokens to its working directory), ``model-store/``,
-``logs/`` and ``tmp/`` (TorchServe's pid file goes to ``$TMPDIR``, so two servers never share one).
-
-    python -m serving.local serve [--model PATH|models:/textrec-line@champion]   # what `make serve` runs
-    python -m serving.local stop
+Everything a running server needs lives in that folder (``.textrec/serve`` by default):
+``config.properties`` (rendered by ``serving.config``), ``server.json`` (the settings, so other
+commands find the ports), ``key_file.json`` (TorchServe writes its tokens to its working directory),
+``model-store/``, ``logs/`` and ``tmp/`` (TorchServe's pid file goes to ``$TMPDIR``, so two servers
+never share one). ``TorchServeProcess`` starts and stops it, reads its tokens, talks to its inference
+and management APIs, and swaps model versions with no failed request.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -25,11 +22,12 @@ from typing import Any
 
 import requests
 
-from serving.config import MODEL_NAME, ServeConfig, write_config
+from serving.config import ServeConfig, write_config
+from textrec.io import write_json
+from textrec.tracking import MODEL_NAME
 
 DEFAULT_WORKDIR = Path(".textrec/serve")
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")  # one access-log line per request, not a dozen
-CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
 
 
 class ServeError(RuntimeError):
@@ -50,7 +48,7 @@ def probe_png() -> bytes:
 
 
 @dataclass
-class LocalServer:
+class TorchServeProcess:
     """One TorchServe process tree, controlled through its working folder."""
 
     config: ServeConfig
@@ -74,7 +72,7 @@ class LocalServer:
         return self.workdir / "tmp" / ".model_server.pid"
 
     @classmethod
-    def from_workdir(cls, workdir: str | os.PathLike = DEFAULT_WORKDIR) -> LocalServer:
+    def from_workdir(cls, workdir: str | os.PathLike = DEFAULT_WORKDIR) -> TorchServeProcess:
         """The server whose settings ``start`` recorded in ``workdir/server.json``."""
         state = Path(workdir) / "server.json"
         if not state.exists():
@@ -117,7 +115,7 @@ class LocalServer:
             d.mkdir(parents=True, exist_ok=True)
         self.key_file.unlink(missing_ok=True)  # a stale one would hand out dead tokens
         config = write_config(self.config, self.workdir / "config.properties")
-        _write_json(self.workdir / "server.json", {**asdict(self.config), "model_store": str(self.config.model_store)})
+        write_json(self.workdir / "server.json", asdict(self.config))
         args = ["--start", "--ncs", "--model-store", str(self.config.model_store), "--ts-config", str(config),
                 "--log-config", str(LOG_CONFIG)]
         if models:
@@ -333,225 +331,3 @@ class LocalServer:
             if old != version:
                 self.unregister(model, old, timeout=timeout)
         return previous
-
-
-# --- the deploy step ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeployResult:
-    """What ``deploy_model`` did: ``changed`` is False (with a reason) when the champion had not moved."""
-
-    changed: bool
-    reason: str
-    version: str | None = None
-    previous: str | None = None
-    archive: str | None = None
-    target: str = "local"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def model_version(model_uri: str) -> str:
-    """The version ``model_uri`` would be served as: the registry version behind a ``models:/`` URI
-    (looked up, not downloaded), or the content version of a local model.pt."""
-    from serving.archive import local_model_file, local_version, lookup_version
-
-    if str(model_uri).startswith("models:/"):
-        return lookup_version(str(model_uri))[1]
-    return local_version(local_model_file(model_uri))
-
-
-def deploy_model(model_uri: str = CHAMPION_URI, *, target: str = "local", version: str | None = None,
-                 workdir: str | os.PathLike = DEFAULT_WORKDIR, model_name: str = MODEL_NAME,
-                 workers: int = 1, model_store_uri: str | None = None, namespace: str = "default",
-                 deployment: str = "textrec-serving", container: str = "torchserve", apps_api: Any = None,
-                 archive_options: Any = None) -> DeployResult:
-    """Serve ``model_uri`` if it is not served already.
-
-    ``target="local"``: archive into the running local TorchServe's store and swap versions live.
-    ``target="cluster"``: upload the archive to ``model_store_uri`` (s3://... or a path) and patch the
-    serving Deployment so Kubernetes rolls new pods onto the new version.
-    """
-    from serving.archive import ArchiveOptions, build_archive, resolve_model
-
-    if target not in ("local", "cluster"):
-        raise ValueError(f"deploy_model: target must be 'local' or 'cluster', got {target!r}")
-    if target == "cluster" and not model_store_uri:
-        raise ValueError("deploy_model(target='cluster') needs model_store_uri (s3://bucket/prefix)")
-    wanted = version or model_version(model_uri)
-    options = archive_options or ArchiveOptions(workers=workers)
-    if target == "local":
-        server = LocalServer.from_workdir(workdir)
-        if server.pid() is None:
-            raise ServeError(f"no TorchServe is running from {workdir}; start one with `make serve`")
-        served = server.default_version(model_name)
-        if served == wanted:
-            return DeployResult(False, f"{model_uri} is version {wanted}, which is already served", wanted, served)
-        with tempfile.TemporaryDirectory(prefix="textrec-deploy-") as tmp:
-            source = resolve_model(model_uri, Path(tmp), version=wanted)
-            mar = build_archive(source, server.config.model_store, model_name=model_name, options=options,
-                                overwrite=True)
-        previous = server.swap(mar.name, source.version, model=model_name, workers=workers)
-        return DeployResult(True, f"now serving {model_uri} as version {source.version}", source.version,
-                            previous, str(mar))
-    return _deploy_cluster(model_uri, wanted, model_name=model_name, model_store_uri=str(model_store_uri),
-                           namespace=namespace, deployment=deployment, container=container,
-                           apps_api=apps_api, options=options)
-
-
-VERSION_ANNOTATION = "textrec.io/model-version"
-
-
-def _deploy_cluster(model_uri: str, wanted: str, *, model_name: str, model_store_uri: str,
-                    namespace: str, deployment: str, container: str, apps_api: Any,
-                    options: Any) -> DeployResult:
-    from serving.archive import archive_name, build_archive, resolve_model
-    from textrec import storage
-
-    api = apps_api or _apps_api()
-    current = api.read_namespaced_deployment(deployment, namespace)
-    served = ((current.metadata.annotations or {}) if current.metadata else {}).get(VERSION_ANNOTATION)
-    if served == wanted:
-        return DeployResult(False, f"{model_uri} is version {wanted}, which {namespace}/{deployment} already "
-                            "serves", wanted, served, target="cluster")
-    with tempfile.TemporaryDirectory(prefix="textrec-deploy-") as tmp:
-        source = resolve_model(model_uri, Path(tmp) / "model", version=wanted)
-        mar = build_archive(source, Path(tmp) / "store", model_name=model_name, options=options)
-        dest = f"{model_store_uri.rstrip('/')}/{archive_name(model_name, source.version)}"
-        storage.upload(mar, dest)  # the archive is in the store before any pod is told to load it
-    api.patch_namespaced_deployment(deployment, namespace, rollout_patch(source, container, dest))
-    return DeployResult(True, f"{namespace}/{deployment} rolling to {model_uri} version {source.version}",
-                        source.version, served, dest, target="cluster")
-
-
-def rollout_patch(source: Any, container: str, archive_uri: str) -> dict:
-    """A strategic-merge patch: a changed pod-template annotation and env make Kubernetes roll the pods."""
-    notes = {VERSION_ANNOTATION: source.version, "textrec.io/model-uri": source.model_uri,
-             "textrec.io/run-id": source.run_id or ""}
-    env = [{"name": "TEXTREC_MODEL_VERSION", "value": source.version},
-           {"name": "TEXTREC_MODEL_ARCHIVE", "value": archive_uri}]
-    return {"metadata": {"annotations": notes},
-            "spec": {"template": {"metadata": {"annotations": notes},
-                                  "spec": {"containers": [{"name": container, "env": env}]}}}}
-
-
-def _apps_api() -> Any:
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.AppsV1Api()
-
-
-# --- `make serve` ---------------------------------------------------------------------------------
-
-
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
-def tracking_uri_from_last_run(path: Path = Path(".textrec/last-run.json")) -> str | None:
-    """The MLflow server the last local run used, if it recorded one."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return next((data[k] for k in ("tracking_uri", "mlflow_tracking_uri", "mlflow_uri") if data.get(k)), None)
-
-
-def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORKDIR,
-          config: ServeConfig | None = None, version: str | None = None, options: Any = None,
-          timeout: float = 180.0) -> LocalServer:
-    """Start (or update) the local TorchServe with ``model`` (default: the registry's champion);
-    ``options`` (an ``ArchiveOptions``) sets batching and the handler's limits."""
-    from serving.archive import ArchiveOptions, build_archive, resolve_model
-
-    workdir = Path(workdir)
-    if model is None:
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri_from_last_run()
-        if not uri:
-            raise ServeError("no model: pass MODEL=path/to/model.pt, or set MLFLOW_TRACKING_URI "
-                             "(or run the pipeline so .textrec/last-run.json names the MLflow server)")
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-        model = CHAMPION_URI
-    cfg = config or ServeConfig(model_store=workdir / "model-store", enable_model_api=True)
-    server = LocalServer(cfg, workdir)
-    if server.pid() is not None:  # already up: roll it to this model instead
-        server = LocalServer.from_workdir(workdir)
-        deploy_model(model, version=version, workdir=workdir, archive_options=options)
-        server.wait_ready()
-        return server
-    with tempfile.TemporaryDirectory(prefix="textrec-serve-") as tmp:
-        source = resolve_model(model, Path(tmp), version=version or model_version(str(model)))
-        mar = build_archive(source, cfg.model_store, overwrite=True,
-                            options=options or ArchiveOptions(workers=cfg.workers_per_model))
-    server.start({MODEL_NAME: mar.name}, timeout=timeout)
-    try:
-        server.wait_ready(timeout=timeout)
-    except ServeError:
-        server.stop()
-        raise
-    return server
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.local", description="Local TorchServe for textrec.")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="start TorchServe with the champion (or --model) and wait until it answers")
-    s.add_argument("--model", default=None, help="model.pt, or models:/NAME@ALIAS (default: the champion)")
-    s.add_argument("--version", default=None, help="served version label for a local model.pt")
-    s.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    s.add_argument("--batch-size", type=int, default=None,
-                   help="TorchServe batch size (default 8; 1 turns batching off, see docs/benchmarks.md)")
-    d = sub.add_parser("deploy", help="roll the running server to the champion if it moved")
-    d.add_argument("--model", default=CHAMPION_URI)
-    d.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    t = sub.add_parser("stop", help="torchserve --stop")
-    t.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    a = p.parse_args(argv)
-    try:
-        return _COMMANDS[a.command](a)
-    except (ServeError, OSError, ValueError, RuntimeError) as e:
-        print(f"serving.local: error: {e}", file=sys.stderr)
-        return 1
-
-
-def _cmd_serve(a: argparse.Namespace) -> int:
-    from serving.archive import ArchiveOptions
-
-    options = ArchiveOptions(batch_size=a.batch_size) if a.batch_size else None
-    server = serve(a.model, workdir=a.workdir, version=a.version, options=options)
-    version = server.default_version()
-    print(f"TorchServe is serving {MODEL_NAME} version {version}")
-    print(f"  predict:  {server.config.inference_url}/predictions/{MODEL_NAME}")
-    print(f"  metrics:  {server.config.metrics_url}/metrics")
-    print(f"  token:    'inference' key in {server.key_file}")
-    print(f"  try:      textrec predict --endpoint {server.config.inference_url} LINE.png")
-    print(f"  logs:     {server.log_dir}    stop: make serve-stop")
-    return 0
-
-
-def _cmd_deploy(a: argparse.Namespace) -> int:
-    print(json.dumps(deploy_model(a.model, workdir=a.workdir).to_dict(), indent=2))
-    return 0
-
-
-def _cmd_stop(a: argparse.Namespace) -> int:
-    state = Path(a.workdir) / "server.json"
-    stopped = state.exists() and LocalServer.from_workdir(a.workdir).stop()
-    print("TorchServe has stopped" if stopped else f"no TorchServe running from {a.workdir}")
-    return 0
-
-
-_COMMANDS = {"serve": _cmd_serve, "deploy": _cmd_deploy, "stop": _cmd_stop}
-
-
-if __name__ == "__main__":
-    sys.exit(main())

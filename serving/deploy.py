@@ -1,0 +1,169 @@
+"""Serve a model version if it is not served already: on the local TorchServe, or on a cluster.
+
+- ``serve()`` is what ``make serve`` runs: start the local TorchServe with a model (default: the
+  registry's champion), or roll the running one to it.
+- ``deploy_model()`` is the deploy step: it compares the version a model URI would be served as with
+  the served one and changes nothing when they are equal. ``target="local"`` swaps versions live in
+  the local TorchServe (``serving.torchserve``); ``target="cluster"`` uploads the archive to the model
+  store and has ``cluster.rollout`` patch the serving Deployment, which rolls its pods.
+
+Archiving and uploading stay here (they are serving logic); ``cluster.rollout`` only talks to
+Kubernetes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.config import ServeConfig
+from serving.torchserve import DEFAULT_WORKDIR, ServeError, TorchServeProcess
+from textrec.tracking import CHAMPION, MODEL_NAME
+
+CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
+TARGETS = ("local", "cluster")
+LAST_RUN = Path(".textrec/last-run.json")
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What ``deploy_model`` did: ``changed`` is False (with a reason) when the champion had not moved."""
+
+    changed: bool
+    reason: str
+    version: str | None = None
+    previous: str | None = None
+    archive: str | None = None
+    target: str = "local"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_version(model_uri: str) -> str:
+    """The version ``model_uri`` would be served as: the registry version behind a ``models:/`` URI
+    (looked up, not downloaded), or the content version of a local model.pt."""
+    from serving.archive import local_model_file, local_version, lookup_version
+
+    if str(model_uri).startswith("models:/"):
+        return lookup_version(str(model_uri))[1]
+    return local_version(local_model_file(model_uri))
+
+
+def deploy_model(model_uri: str = CHAMPION_URI, *, target: str = "local", version: str | None = None,
+                 workdir: str | os.PathLike = DEFAULT_WORKDIR, model_name: str = MODEL_NAME,
+                 workers: int = 1, model_store_uri: str | None = None, namespace: str = "default",
+                 deployment: str = "textrec-serving", container: str = "torchserve", apps_api: Any = None,
+                 archive_options: Any = None) -> DeployResult:
+    """Serve ``model_uri`` if it is not served already.
+
+    ``target="local"``: archive into the running local TorchServe's store and swap versions live.
+    ``target="cluster"``: upload the archive to ``model_store_uri`` (s3://... or a path) and patch the
+    serving Deployment so Kubernetes rolls new pods onto the new version (``apps_api``: an
+    ``AppsV1Api``, by default the one ``cluster.client`` sets up).
+    """
+    from serving.archive import ArchiveOptions
+
+    if target not in TARGETS:
+        raise ValueError(f"deploy_model: target must be 'local' or 'cluster', got {target!r}")
+    if target == "cluster" and not model_store_uri:
+        raise ValueError("deploy_model(target='cluster') needs model_store_uri (s3://bucket/prefix)")
+    wanted = version or model_version(model_uri)
+    options = archive_options or ArchiveOptions(workers=workers)
+    if target == "local":
+        return _deploy_local(model_uri, wanted, workdir=workdir, model_name=model_name, workers=workers,
+                             options=options)
+    return _deploy_cluster(model_uri, wanted, model_name=model_name, model_store_uri=str(model_store_uri),
+                           namespace=namespace, deployment=deployment, container=container,
+                           apps_api=apps_api, options=options)
+
+
+def _deploy_local(model_uri: str, wanted: str, *, workdir: str | os.PathLike, model_name: str, workers: int,
+                  options: Any) -> DeployResult:
+    from serving.archive import build_archive, resolve_model
+
+    server = TorchServeProcess.from_workdir(workdir)
+    if server.pid() is None:
+        raise ServeError(f"no TorchServe is running from {workdir}; start one with `make serve`")
+    served = server.default_version(model_name)
+    if served == wanted:
+        return DeployResult(False, f"{model_uri} is version {wanted}, which is already served", wanted, served)
+    with tempfile.TemporaryDirectory(prefix="textrec-deploy-") as tmp:
+        source = resolve_model(model_uri, Path(tmp), version=wanted)
+        mar = build_archive(source, server.config.model_store, model_name=model_name, options=options,
+                            overwrite=True)
+    previous = server.swap(mar.name, source.version, model=model_name, workers=workers)
+    return DeployResult(True, f"now serving {model_uri} as version {source.version}", source.version,
+                        previous, str(mar))
+
+
+def _deploy_cluster(model_uri: str, wanted: str, *, model_name: str, model_store_uri: str,
+                    namespace: str, deployment: str, container: str, apps_api: Any,
+                    options: Any) -> DeployResult:
+    from cluster import rollout
+    from serving.archive import archive_name, build_archive, resolve_model
+    from textrec import storage
+
+    served = rollout.served_version(deployment, namespace, api=apps_api)
+    if served == wanted:
+        return DeployResult(False, f"{model_uri} is version {wanted}, which {namespace}/{deployment} already "
+                            "serves", wanted, served, target="cluster")
+    with tempfile.TemporaryDirectory(prefix="textrec-deploy-") as tmp:
+        source = resolve_model(model_uri, Path(tmp) / "model", version=wanted)
+        mar = build_archive(source, Path(tmp) / "store", model_name=model_name, options=options)
+        dest = f"{model_store_uri.rstrip('/')}/{archive_name(model_name, source.version)}"
+        storage.upload(mar, dest)  # the archive is in the store before any pod is told to load it
+    rollout.roll_out(deployment, namespace, rollout.rollout_patch(source, container, dest), api=apps_api)
+    return DeployResult(True, f"{namespace}/{deployment} rolling to {model_uri} version {source.version}",
+                        source.version, served, dest, target="cluster")
+
+
+# --- `make serve` ---------------------------------------------------------------------------------
+
+
+def tracking_uri_from_last_run(path: Path = LAST_RUN) -> str | None:
+    """The MLflow server the last local run used, if it recorded one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return next((data[k] for k in ("tracking_uri", "mlflow_tracking_uri", "mlflow_uri") if data.get(k)), None)
+
+
+def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORKDIR,
+          config: ServeConfig | None = None, version: str | None = None, options: Any = None,
+          timeout: float = 180.0) -> TorchServeProcess:
+    """Start (or update) the local TorchServe with ``model`` (default: the registry's champion);
+    ``options`` (an ``ArchiveOptions``) sets batching and the handler's limits."""
+    from serving.archive import ArchiveOptions, build_archive, resolve_model
+
+    workdir = Path(workdir)
+    if model is None:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri_from_last_run()
+        if not uri:
+            raise ServeError("no model: pass MODEL=path/to/model.pt, or set MLFLOW_TRACKING_URI "
+                             "(or run the pipeline so .textrec/last-run.json names the MLflow server)")
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        model = CHAMPION_URI
+    cfg = config or ServeConfig(model_store=workdir / "model-store", enable_model_api=True)
+    server = TorchServeProcess(cfg, workdir)
+    if server.pid() is not None:  # already up: roll it to this model instead
+        server = TorchServeProcess.from_workdir(workdir)
+        deploy_model(model, version=version, workdir=workdir, archive_options=options)
+        server.wait_ready()
+        return server
+    with tempfile.TemporaryDirectory(prefix="textrec-serve-") as tmp:
+        source = resolve_model(model, Path(tmp), version=version or model_version(str(model)))
+        mar = build_archive(source, cfg.model_store, overwrite=True,
+                            options=options or ArchiveOptions(workers=cfg.workers_per_model))
+    server.start({MODEL_NAME: mar.name}, timeout=timeout)
+    try:
+        server.wait_ready(timeout=timeout)
+    except ServeError:
+        server.stop()
+        raise
+    return server
