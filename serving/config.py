@@ -29,6 +29,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from textrec.config import parse_text
 from textrec.io import atomic_write
 
 TEMPLATE = Path(__file__).with_name("config.properties")
@@ -125,7 +126,7 @@ def env_values(env: Mapping[str, str]) -> dict[str, Any]:
     for name, kind in _field_types().items():
         var = ENV_PREFIX + name.upper()
         if env.get(var, "").strip():
-            values[name] = parse_value(kind, env[var].strip(), var)
+            values[name] = parse_text(env[var].strip(), kind, key=var)
     return values
 
 
@@ -133,20 +134,6 @@ def _build(values: dict[str, Any]) -> ServeConfig:
     if not str(values.get("model_store") or ""):
         raise ValueError(f"ServeConfig: no model store (pass --model-store or set {ENV_PREFIX}MODEL_STORE)")
     return ServeConfig(**values)
-
-
-def parse_value(kind: Any, text: str, name: str) -> Any:
-    """``text`` (from an environment variable or a flag called ``name``) as a value of type ``kind``."""
-    kind = next((k for k in typing.get_args(kind) if k is not type(None)), kind)  # X | None -> X
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        return kind(text)
-    except ValueError:
-        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, kind.__name__)
-        raise ValueError(f"{name}={text!r}: expected {expected}") from None
 
 
 def allowed_urls(model_store: Path) -> str:
@@ -198,7 +185,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     a = _parser().parse_args(argv)
     types = _field_types()
     try:
-        given = {name: parse_value(types[name], getattr(a, name), "--" + name.replace("_", "-"))
+        given = {name: parse_text(getattr(a, name), types[name], key="--" + name.replace("_", "-"))
                  for name in types if getattr(a, name) is not None}
         env_set = env_values(os.environ if env is None else env)
         cfg = _build({**(POD if a.pod else {}), **env_set, **given})  # flags, then env, then the layout

@@ -131,7 +131,7 @@ def tracking_uri_from_last_run(path: Path = LAST_RUN) -> str | None:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return next((data[k] for k in ("tracking_uri", "mlflow_tracking_uri", "mlflow_uri") if data.get(k)), None)
+    return data.get("tracking_uri") or None  # written by pipelines.local
 
 
 def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORKDIR,

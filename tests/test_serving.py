@@ -119,8 +119,8 @@ def test_config_cli_takes_flags_then_environment_then_the_pod_layout(tmp_path: P
 
 def test_config_refuses_bad_settings_and_names_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "config.properties"
-    cases = [({"TEXTREC_TS_JOB_QUEUE_SIZE": "lots"}, "TEXTREC_TS_JOB_QUEUE_SIZE='lots': expected an integer"),
-             ({"TEXTREC_TS_ENABLE_MODEL_API": "maybe"}, "expected true or false"),
+    cases = [({"TEXTREC_TS_JOB_QUEUE_SIZE": "lots"}, "TEXTREC_TS_JOB_QUEUE_SIZE: expected int, got 'lots'"),
+             ({"TEXTREC_TS_ENABLE_MODEL_API": "maybe"}, "TEXTREC_TS_ENABLE_MODEL_API: expected a boolean"),
              ({"TEXTREC_TS_JAVA_OPTS": "-Xmx1g\nenable_model_api=true"}, "java_opts must be one line"),
              ({"TEXTREC_TS_MAX_REQUEST_SIZE": "0"}, "max_request_size must be at least 1")]
     for env, words in cases:

@@ -92,6 +92,8 @@ def parse_text(text: str, tp: Any, *, key: str = "") -> Any:
             raise ConfigError(f"{key}: expected {tp.__name__}, got {text!r}") from e
     if tp is str or tp is Any:
         return text if tp is str else yaml.safe_load(text)
+    if tp is Path:
+        return Path(text)
     if _is_sequence(tp):
         stripped = text.strip()
         items = yaml.safe_load(stripped) if stripped.startswith("[") else \

@@ -130,7 +130,7 @@ def _drop_images(rows: list[EvalRow], keep: int) -> None:
 
 
 def store_samples(store_path: str | os.PathLike, split: str = TEST_SPLIT, limit: int | None = None
-                  ) -> Iterator[Sample]:
+                  ) -> Iterator[tuple[np.ndarray, str, str]]:
     from textrec.data.store import LineStore
 
     store = LineStore(store_path)
@@ -149,7 +149,7 @@ def split_samples(stores: Sequence[str | os.PathLike], split: str = TEST_SPLIT) 
     samples: list[Sample] = []
     for p in stores:
         if LineStore(p).info()["splits"].get(split):
-            samples += [(s[0], s[1], f"{Path(p).stem}/{s[2]}") for s in store_samples(p, split) if len(s) == 3]
+            samples += [(img, text, f"{Path(p).stem}/{name}") for img, text, name in store_samples(p, split)]
     if not samples:
         raise EvalDataError(f"no {split!r} lines in {[str(p) for p in stores]}")
     return samples

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlparse
 from tqdm import tqdm
 
 from textrec import storage
+from textrec.io import publish
 
 CHUNK = 1 << 20
 RETRIES = 3
@@ -131,7 +132,7 @@ def _fetch_http(url: str, dest_dir: Path, expected: str | None, progress: bool) 
         raise DownloadError(f"{url}: connection kept dropping after {RETRIES} attempts{_kept(part)}")
     if expected:
         _verify(part, expected, delete=True)
-    os.replace(part, dest)
+    publish(part, dest)  # the verified partial file becomes the download
     return dest
 
 

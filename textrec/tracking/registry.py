@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from textrec.io import write_json
+from textrec.io import publish, write_json
 from textrec.rundir import MODEL
 from textrec.tracking.runs import TrackingError, mlflow_client, resolve_tracking_uri
 
@@ -102,7 +102,7 @@ def download_model(model_name: str, version_or_alias: str, dest: str | os.PathLi
         found = local / "extra_files" / MODEL
         if not found.is_file():
             raise TrackingError(f"{uri}: the logged model has no extra_files/model.pt (not logged by textrec?)")
-        os.replace(found, dest / MODEL)
+        publish(found, dest / MODEL)
     return dest / MODEL
 
 
