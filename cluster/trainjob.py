@@ -292,7 +292,7 @@ def launch_multi_node(launch: MultiNodeLaunch, *, api=None, poll_s: float = 20) 
     env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
     env.update(req.job_env)
     job = DistributedJob(
-        name=job_name(req.pipeline_run_id), namespace=current_namespace(),
+        name=job_name(req.step.pipeline_run_id), namespace=current_namespace(),
         image=os.environ.get("TEXTREC_IMAGE", ""), nodes=req.nodes, gpus_per_node=req.gpus_per_node,
         args=tuple(launch.args), env=env, secret_env=_secret_env(), node_selector=dict(req.job_node_selector),
         tolerations=GPU_TOLERATIONS if req.gpus_per_node else ())

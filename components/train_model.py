@@ -16,6 +16,7 @@ def train_model(lines: Input[Dataset], train_config: str, config_overrides: list
     from cluster.trainjob import launch_multi_node
     from textrec.data.store import find_line_stores
     from textrec.metrics import numeric
+    from textrec.tracking import StepTracking
     from textrec.training.job import TrainRequest, store_uris, train_from_request
 
     stores = tuple(str(p) for p in find_line_stores(lines.path))
@@ -23,7 +24,7 @@ def train_model(lines: Input[Dataset], train_config: str, config_overrides: list
         stores=stores, store_uris=store_uris(lines.uri, stores), config=train_config,
         overrides=tuple(config_overrides), epochs=epochs, gpus_per_node=gpus_per_node, nodes=nodes,
         job_node_selector=gpu_node_selector, checkpoint_root=checkpoint_root,
-        pipeline_run_id=pipeline_run_id, tracking_uri=mlflow_uri, experiment=experiment)
+        step=StepTracking(pipeline_run_id, mlflow_uri, experiment))
     result = train_from_request(request, model.path, multi_node=launch_multi_node)
     model.metadata.update({k: result[k] for k in ("dataset_hash", "mlflow_run_id", "checkpoints")})
     for name, value in numeric(result).items():

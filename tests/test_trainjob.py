@@ -29,6 +29,7 @@ from cluster import trainjob
 from cluster.trainjob import DistributedJob, TrainJobError
 from textrec.data.sources import synthesize_dataset
 from textrec.data.store import find_line_stores
+from textrec.tracking import StepTracking
 from textrec.training.job import TrainRequest, train_from_request
 from textrec.training.remote import checkpoint_location
 
@@ -315,8 +316,8 @@ def test_several_gpus_in_one_pod_train_under_torchrun_and_only_rank_0_tracks(tmp
     stores = tuple(str(p) for p in find_line_stores(tmp_path / "lines"))
     request = TrainRequest(stores=stores, config=(REPO / "configs/smoke.yaml").read_text(),
                            overrides=("loop.threads=1",), gpus_per_node=2,
-                           checkpoint_root=str(tmp_path / "ckpt"), tracking_uri=mlflow_server.url,
-                           pipeline_run_id=f"torchrun-{uuid.uuid4().hex[:6]}")
+                           checkpoint_root=str(tmp_path / "ckpt"),
+                           step=StepTracking(f"torchrun-{uuid.uuid4().hex[:6]}", mlflow_server.url))
     result = train_from_request(request, tmp_path / "model")
     assert result["world_size"] == 2 and (tmp_path / "model" / "model.pt").is_file()
     from textrec import tracking

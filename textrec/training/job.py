@@ -42,9 +42,7 @@ class TrainRequest:
     gpus_per_node: int = 0
     nodes: int = 1
     checkpoint_root: str = ""
-    pipeline_run_id: str = "local"
-    tracking_uri: str = ""
-    experiment: str = tracking.EXPERIMENT
+    step: tracking.StepTracking = tracking.StepTracking()  # the pipeline run, MLflow server, experiment
     store_uris: tuple[str, ...] = ()  # the stores as the nodes of a multi-node job can reach them
     job_node_selector: Mapping[str, str] = field(default_factory=dict)  # where a multi-node job's pods go
     job_env: Mapping[str, str] = field(default_factory=dict)
@@ -131,10 +129,10 @@ def train_from_request(req: TrainRequest, model_dir: str | os.PathLike, *,
     from textrec.data.store import describe_stores
 
     cfg = train_config(req.config, req.stores, epochs=req.epochs, overrides=req.overrides)
-    ckpt = checkpoint_location(req.checkpoint_root, req.pipeline_run_id)
+    ckpt = checkpoint_location(req.checkpoint_root, req.step.pipeline_run_id)
     dataset_hash = describe_stores(req.stores)["content_hash"]
-    uri = req.tracking_uri or None
-    with tracking.step_run("train", req.pipeline_run_id, tracking_uri=uri, experiment=req.experiment,
+    uri = req.step.uri
+    with tracking.step_run("train", req.step.pipeline_run_id, tracking_uri=uri, experiment=req.step.experiment,
                            system_metrics=True, resume=True, tags={tracking.TAG_DATASET: dataset_hash}) as run_id:
         tracking.set_lineage(run_id, {tracking.TAG_DATASET: dataset_hash}, tracking_uri=uri)
         with training_folder(ckpt) as out:
@@ -143,7 +141,7 @@ def train_from_request(req: TrainRequest, model_dir: str | os.PathLike, *,
             elif req.gpus_per_node > 1:
                 _train_torchrun(req, cfg, ckpt, run_id, out)
             else:
-                train_here(cfg, out, checkpoint_uri=ckpt, run_id=run_id, tracking_uri=req.tracking_uri)
+                train_here(cfg, out, checkpoint_uri=ckpt, run_id=run_id, tracking_uri=req.step.tracking_uri)
             Path(model_dir).mkdir(parents=True, exist_ok=True)
             for path in RunDir(out).outputs():
                 shutil.copyfile(path, Path(model_dir) / path.name)
@@ -153,7 +151,7 @@ def train_from_request(req: TrainRequest, model_dir: str | os.PathLike, *,
 
 def _train_torchrun(req: TrainRequest, cfg: TrainConfig, ckpt: str, run_id: str, out: Path) -> None:
     """N GPUs in this pod: one process per GPU under torchrun, rank 0 tracks and writes files."""
-    args = entry_args(cfg, str(out), ckpt, run_id, tracking.resolve_tracking_uri(req.tracking_uri or None))
+    args = entry_args(cfg, str(out), ckpt, run_id, tracking.resolve_tracking_uri(req.step.uri))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={req.gpus_per_node}",
            "-m", "textrec.training", *args]
     done = subprocess.run(cmd, check=False)
@@ -175,7 +173,7 @@ def _train_multi_node(req: TrainRequest, cfg: TrainConfig, ckpt: str, run_id: st
         raise ValueError("nodes > 1 needs the line stores on S3 (a pipeline root in S3/MinIO) so that every "
                          f"node can read them; got {list(req.store_uris)}")
     cfg = replace(cfg, **{"data.stores": tuple(req.store_uris)})
-    args = entry_args(cfg, "/tmp/textrec-train", ckpt, run_id, tracking.resolve_tracking_uri(req.tracking_uri or None))
+    args = entry_args(cfg, "/tmp/textrec-train", ckpt, run_id, tracking.resolve_tracking_uri(req.step.uri))
     launcher(MultiNodeLaunch(req, args))
     download_outputs(ckpt, out)
 
