@@ -198,7 +198,7 @@ def test_a_bad_torchserve_setting_stops_the_container_at_once_with_its_name(tmp_
            "TEXTREC_TS_JOB_QUEUE_SIZE": "lots", "TEXTREC_MODEL_ARCHIVE": str(tmp_path / "never-fetched.mar")}
     proc = subprocess.run(["bash", str(SERVING / "entrypoint.sh")], env=env, capture_output=True, text=True,
                           timeout=60)
-    assert proc.returncode == 2 and "TEXTREC_TS_JOB_QUEUE_SIZE='lots'" in proc.stderr
+    assert proc.returncode == 2 and "TEXTREC_TS_JOB_QUEUE_SIZE: expected int, got 'lots'" in proc.stderr
     assert "fetch_model" not in proc.stdout + proc.stderr and not (tmp_path / "store").exists()
 
 
