@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 # Debian handwriting fonts: more writing styles for the synthetic lines (optional; skipped without apt).
 DEB_FONTS := fonts-dkg-handwriting fonts-breip fonts-sjfonts fonts-femkeklaver fonts-kristi \
   fonts-tlwg-purisa-ttf fonts-dancingscript fonts-havana fonts-kaushanscript fonts-ecolier-court \
-  fonts-dustin fonts-rufscript fonts-comic-neue
+  fonts-dustin fonts-rufscript fonts-comic-neue fonts-kiloji
+# npm @fontsource handwriting families, pinned by fonts/package-lock.json (optional; skipped without npm).
+FONTSOURCE_STAMP := fonts/node_modules/.installed
 PYTEST_ARGS ?=
 
 .PHONY: install fonts test test-slow lint typecheck check format local clean pipeline-compile pipeline-run mlflow-ui mlflow-stop
@@ -19,13 +21,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-fonts:
-	@if [ -e /usr/share/fonts/truetype/kristi/Kristi.ttf ]; then exit 0; fi; \
+fonts: $(FONTSOURCE_STAMP)
+	@if dpkg -s $(DEB_FONTS) >/dev/null 2>&1; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  echo "installing Debian handwriting fonts"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_FONTS) >/dev/null) \
 	    || echo "warning: Debian handwriting fonts not installed; the PyPI fonts alone will be used"; \
 	else echo "note: no apt-get as root; using the PyPI handwriting fonts only"; fi
+
+$(FONTSOURCE_STAMP): fonts/package.json fonts/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  echo "installing the npm handwriting fonts into fonts/node_modules"; \
+	  (npm ci --prefix fonts --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null && touch $@) \
+	    || echo "warning: npm handwriting fonts not installed; the PyPI and Debian fonts alone will be used"; \
+	else echo "note: no npm; skipping the npm handwriting fonts of fonts/package.json"; fi
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -95,7 +95,7 @@ def test_a_bad_font_file_in_a_fonts_dir_is_skipped_with_a_warning(tmp_path: Path
 def test_a_fonts_dir_must_exist_and_hold_fonts(tmp_path: Path) -> None:
     with pytest.raises(FontError, match="nowhere.*not a folder"):
         discover_fonts([tmp_path / "nowhere"])
-    with pytest.raises(FontError, match="no .ttf or .otf"):
+    with pytest.raises(FontError, match="no .ttf, .otf"):
         discover_fonts([tmp_path])
 
 

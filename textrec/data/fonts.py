@@ -1,18 +1,25 @@
 """Handwriting fonts: find them, check them, name them, and hold some out.
 
-Fonts come from three places, in this order (the first font of a given name wins):
+Fonts come from four places, in this order:
 
 1. the installed PyPI ``fontpkg-*`` packages (each ships ``fontpkg_<family>/files/*.ttf``);
 2. the Debian handwriting font packages, when installed (:data:`DEBIAN_FONTS`, below ``/usr/share/fonts``);
-3. any folders passed as ``fonts_dirs`` (searched recursively for ``.ttf``/``.otf``).
+3. the npm ``@fontsource/*`` packages that ``make fonts`` installs into ``fonts/node_modules`` (or the
+   folder named by ``TEXTREC_FONTSOURCE_DIR``): the latin, weight 400 file of each, its family named by
+   the package;
+4. any folders passed as ``fonts_dirs`` (searched recursively for ``.ttf``/``.otf``/``.woff``/``.woff2``).
+
+A family is taken from the first place that has it (Caveat ships on PyPI and on npm; it is used once,
+so no family weighs double and a held-out family has no copy left in training), and the first face of
+a given name wins within it.
 
 Each font file, and each named instance of a variable font (Caveat's Regular and Bold, say), becomes
 one :class:`FontSpec` with a stable name such as ``caveat-bold``. A font is used only if it can write
-the whole charset: every character must be in its character map and draw some ink, and its lowercase
-letters must not be capitals (capitals-only fonts and fonts that draw lowercase as small capitals are
-useless for learning lowercase). A font file that fails a check is skipped with a warning that names
-the file and the reason; a ``fonts_dirs`` entry that is not a folder, or holds no font files at all, is
-an error.
+the whole charset: every character must be in its character map, draw some ink and not draw the
+missing-glyph box, and its lowercase letters must not be capitals (capitals-only fonts and fonts that
+draw lowercase as small capitals are useless for learning lowercase). A font file that fails a check is
+skipped with a warning that names the file and the reason; a ``fonts_dirs`` entry that is not a folder,
+or holds no font files at all, is an error.
 
 Whole families are held out for the ``test_unseen_font`` split: about 20% of the families, those whose
 SHA-256 name hashes sort first, so the choice depends only on the names present.
@@ -38,7 +45,10 @@ from PIL import Image, ImageFont
 
 from textrec.charset import DEFAULT_CHARSET, Charset
 
-FONT_SUFFIXES = (".ttf", ".otf")
+FONT_SUFFIXES = (".ttf", ".otf", ".woff", ".woff2")
+# The npm @fontsource packages, installed by `make fonts` from fonts/package.json beside the package.
+FONTSOURCE_ENV = "TEXTREC_FONTSOURCE_DIR"
+FONTSOURCE_ROOT = Path(__file__).resolve().parents[2] / "fonts" / "node_modules" / "@fontsource"
 DEBIAN_ROOT = Path("/usr/share/fonts")
 # Globs below DEBIAN_ROOT for the handwriting fonts of the Makefile's Debian packages. Explicit,
 # because those folders also hold fonts that are not handwriting (the rest of fonts-dustin).
@@ -56,6 +66,7 @@ DEBIAN_FONTS = (
     "truetype/dustin/Domestic_Manners.ttf",
     "truetype/rufscript/*.ttf",
     "*/comic-neue/*.[ot]tf",
+    "truetype/kiloji/kiloji_p.ttf",  # fonts-kiloji: its proportional face (the others are monospaced)
 )
 HELD_OUT_FRACTION = 0.2
 _CHECK_SIZE = 64
@@ -63,6 +74,12 @@ _CHECK_SIZE = 64
 # font draws them as (small) capitals. Real hands score 0.15-0.65, capitals-only fonts 0.9+.
 _CAPS_LETTERS = "abdeghnqrt"
 _CAPS_OVERLAP = 0.8
+# Median height of letters without ascenders or descenders, lowercase over capital: real hands measure
+# 0.3-0.85, hand-drawn capitals-only fonts (whose letter shapes differ from case to case) 0.9+.
+_SHORT_LETTERS = "acemnorsuvwxz"
+_CAPS_HEIGHT = 0.9
+# A character no handwriting font maps: it draws the font's missing-glyph shape (glyph 0).
+_UNMAPPED = "\U0010fffd"
 
 
 class FontError(ValueError):
@@ -121,14 +138,38 @@ def debian_font_files(root: Path = DEBIAN_ROOT) -> list[Path]:
     return sorted(files)
 
 
+def fontsource_root() -> Path:
+    """The folder of the npm ``@fontsource/*`` package folders: ``$TEXTREC_FONTSOURCE_DIR`` when set."""
+    return Path(os.environ.get(FONTSOURCE_ENV) or FONTSOURCE_ROOT)
+
+
+def fontsource_font_files(root: str | os.PathLike | None = None) -> list[Path]:
+    """The latin, weight 400 file of each installed ``@fontsource/<family>`` package (``.woff``, which
+    fontTools reads without Brotli, else ``.woff2``), sorted; none when the folder is missing."""
+    root = Path(root) if root is not None else fontsource_root()
+    if not root.is_dir():
+        return []
+    files = []
+    for package in sorted(p for p in root.iterdir() if p.is_dir()):
+        candidates = [package / "files" / f"{package.name}-latin-400-normal{s}" for s in (".woff", ".woff2")]
+        files += [p for p in candidates if p.is_file()][:1]
+    return files
+
+
+def fontsource_family(path: Path) -> str:
+    """The family of a fontsource file: its package's name (``.../@fontsource/caveat/files/x.woff``)."""
+    return slug(path.parent.parent.name)
+
+
 def folder_font_files(folder: str | os.PathLike) -> list[Path]:
-    """Every ``.ttf``/``.otf`` below ``folder``; an error if it is not a folder or holds none."""
+    """Every ``.ttf``/``.otf``/``.woff``/``.woff2`` below ``folder``; an error if it is not a folder or
+    holds none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FontError(f"{folder}: fonts folder does not exist or is not a folder")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in FONT_SUFFIXES and p.is_file())
     if not files:
-        raise FontError(f"{folder}: no .ttf or .otf font files in this folder")
+        raise FontError(f"{folder}: no .ttf, .otf, .woff or .woff2 font files in this folder")
     return files
 
 
@@ -137,7 +178,8 @@ def folder_font_files(folder: str | os.PathLike) -> list[Path]:
 
 def _mask(font: ImageFont.FreeTypeFont, text: str) -> np.ndarray:
     m = font.getmask(text)
-    return np.asarray(m, dtype=np.uint8).reshape(m.size[1], m.size[0])
+    # Through bytes: numpy would read the core image element by element (~15x slower).
+    return np.frombuffer(Image.Image()._new(m).tobytes(), np.uint8).reshape(m.size[1], m.size[0])
 
 
 def _caps_overlap(font: ImageFont.FreeTypeFont) -> float:
@@ -152,7 +194,27 @@ def _caps_overlap(font: ImageFont.FreeTypeFont) -> float:
     return float(np.median(ious))
 
 
-def _cmap(path: Path) -> set[int]:
+def _same_shape(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same glyph drawn twice (hinting may shift the grey levels of its edges a little)."""
+    if a.shape != b.shape:
+        return False
+    a, b = a > 127, b > 127
+    return bool((a & b).sum() >= 0.95 * max(1, (a | b).sum()))
+
+
+def _caps_height_ratio(font: ImageFont.FreeTypeFont) -> float:
+    """Median ink height of short lowercase letters over that of their capitals."""
+    def height(c: str) -> float:
+        _, top, _, bottom = font.getbbox(c, anchor="ls")
+        return bottom - top
+
+    return float(np.median([height(c) for c in _SHORT_LETTERS]) /
+                 max(1.0, float(np.median([height(c.upper()) for c in _SHORT_LETTERS]))))
+
+
+def _cmap(path: Path) -> set[int] | None:
+    """The characters ``path`` maps; None for a ``.woff2`` when fontTools lacks its Brotli decoder
+    (FreeType still reads it, and the ink and missing-glyph checks then catch unmapped characters)."""
     from fontTools.ttLib import TTFont, TTLibError
 
     log = logging.getLogger("fontTools")
@@ -161,6 +223,10 @@ def _cmap(path: Path) -> set[int]:
     try:
         with TTFont(str(path), lazy=True, fontNumber=0) as tt:
             return set((tt.getBestCmap() or {}).keys())
+    except ImportError:  # fontTools reads WOFF2 only with the brotli package
+        if path.suffix.lower() == ".woff2":
+            return None
+        raise
     except (TTLibError, OSError, AssertionError, KeyError, ValueError, struct.error) as e:
         raise FontError(f"{path}: not a readable TrueType/OpenType font ({e})") from e
     finally:
@@ -169,32 +235,43 @@ def _cmap(path: Path) -> set[int]:
 
 def _check_face(path: Path, font: ImageFont.FreeTypeFont, charset: Charset) -> tuple[float, float]:
     """Raise FontError if ``font`` cannot write ``charset``; return its body and x-height ratios."""
-    empty = [c for c in charset.chars if c != " " and not _mask(font, c).any()]
+    masks = {c: _mask(font, c) for c in charset.chars if c != " "}
+    empty = [c for c, m in masks.items() if not m.any()]
     if empty:
         raise FontError(f"{path}: draws no ink for {''.join(empty)!r}")
+    missing = _mask(font, _UNMAPPED)
+    boxes = [c for c, m in masks.items() if missing.any() and _same_shape(m, missing)]
+    if boxes:
+        raise FontError(f"{path}: draws the missing-glyph box for {''.join(boxes)!r}")
     overlap = _caps_overlap(font)
     if overlap > _CAPS_OVERLAP:
         raise FontError(f"{path}: draws lowercase letters as capitals (shape overlap {overlap:.2f})")
+    ratio = _caps_height_ratio(font)
+    if ratio > _CAPS_HEIGHT:
+        raise FontError(f"{path}: draws lowercase letters as capitals (as tall as them: height ratio {ratio:.2f})")
     _, top, _, bottom = font.getbbox("Hdgp", anchor="ls")
     x_top = font.getbbox("xzvnmwu", anchor="ls")[1]
     return (bottom - top) / _CHECK_SIZE, max(1, -x_top) / _CHECK_SIZE
 
 
-def check_font(path: str | os.PathLike, charset: Charset = DEFAULT_CHARSET) -> list[FontSpec]:
-    """The usable faces of one font file (one per named instance of a variable font).
+def check_font(path: str | os.PathLike, charset: Charset = DEFAULT_CHARSET, *,
+               family: str | None = None) -> list[FontSpec]:
+    """The usable faces of one font file (one per named instance of a variable font), of ``family``
+    (default: the font's own family name).
 
     Raises :class:`FontError` naming the file when it cannot be read or cannot write ``charset``.
     """
     path = Path(path)
     cmap = _cmap(path)
-    missing = [c for c in charset.chars if c != " " and ord(c) not in cmap]
+    missing = [c for c in charset.chars if c != " " and cmap is not None and ord(c) not in cmap]
     if missing:
         raise FontError(f"{path}: has no glyphs for {''.join(missing)!r}")
     try:
         font = ImageFont.truetype(str(path), _CHECK_SIZE)
     except OSError as e:
         raise FontError(f"{path}: not a readable TrueType/OpenType font ({e})") from e
-    family, style = font.getname()
+    own_family, style = font.getname()
+    family = slug(family or own_family or path.stem)
     try:
         variations = [v.decode() if isinstance(v, bytes) else str(v) for v in font.get_variation_names()]
     except OSError:  # not a variable font
@@ -204,8 +281,8 @@ def check_font(path: str | os.PathLike, charset: Charset = DEFAULT_CHARSET) -> l
         if variation is not None:
             font.set_variation_by_name(variation)
         body, xheight = _check_face(path, font, charset)
-        name = f"{slug(family or path.stem)}-{slug(variation or style or 'regular')}"
-        specs.append(FontSpec(name, slug(family or path.stem), str(path), variation, body, xheight))
+        name = f"{family}-{slug(variation or style or 'regular')}"
+        specs.append(FontSpec(name, family, str(path), variation, body, xheight))
     return specs
 
 
@@ -214,35 +291,49 @@ def check_font(path: str | os.PathLike, charset: Charset = DEFAULT_CHARSET) -> l
 
 def discover_fonts(fonts_dirs: Sequence[str | os.PathLike] = (), *, system: bool = True,
                    charset: Charset = DEFAULT_CHARSET) -> list[FontSpec]:
-    """Every usable handwriting font: PyPI packages and Debian fonts (when ``system``), then
-    ``fonts_dirs``. Unusable files are skipped with a warning; no usable font at all is an error."""
-    key = (tuple(str(Path(d).resolve()) for d in fonts_dirs), system, charset.chars)
+    """Every usable handwriting font: PyPI packages, Debian fonts and fontsource packages (when
+    ``system``), then ``fonts_dirs``; each family from the first of these that has it. Unusable files
+    are skipped with a warning; no usable font at all is an error. Cached per process (the fontsource
+    folder is part of the key)."""
+    fontsource = str(fontsource_root().resolve()) if system else ""
+    key = (tuple(str(Path(d).resolve()) for d in fonts_dirs), system, charset.chars, fontsource)
     specs, skipped = _discover(*key)
     for message in skipped:
         warnings.warn(f"skipping font {message}", stacklevel=2)
     if not specs:
-        where = ", ".join(key[0]) or "the fontpkg-* packages or Debian font folders"
+        where = ", ".join(key[0]) or "the fontpkg-* packages, Debian font folders or fontsource packages"
         raise FontError(f"no usable handwriting fonts found in {where}")
     return list(specs)
 
 
 @lru_cache(maxsize=8)
-def _discover(dirs: tuple[str, ...], system: bool, chars: str) -> tuple[tuple[FontSpec, ...], tuple[str, ...]]:
-    files: list[Path] = []
+def _discover(dirs: tuple[str, ...], system: bool, chars: str, fontsource: str
+              ) -> tuple[tuple[FontSpec, ...], tuple[str, ...]]:
+    # Each source: its files, and their family when it is known before opening them (fontsource).
+    sources: list[tuple[list[Path], bool]] = []
     if system:
-        files += pypi_font_files() + debian_font_files()
-    for d in dirs:
-        files += folder_font_files(d)
+        sources += [(pypi_font_files(), False), (debian_font_files(), False),
+                    (fontsource_font_files(fontsource), True)]
+    sources += [(folder_font_files(d), False) for d in dirs]
     specs: dict[str, FontSpec] = {}
     skipped: list[str] = []
-    for f in files:
-        try:
-            faces = check_font(f, Charset(chars))
-        except FontError as e:
-            skipped.append(str(e))
-            continue
-        for spec in faces:
-            specs.setdefault(spec.name, spec)
+    taken: set[str] = set()  # families of the earlier sources
+    for files, named in sources:
+        found: set[str] = set()
+        for f in files:
+            family = fontsource_family(f) if named else None
+            if family in taken:
+                continue  # no need to open it
+            try:
+                faces = check_font(f, Charset(chars), family=family)
+            except FontError as e:
+                skipped.append(str(e))
+                continue
+            for spec in faces:
+                if spec.family not in taken:
+                    specs.setdefault(spec.name, spec)
+                    found.add(spec.family)
+        taken |= found
     return tuple(specs.values()), tuple(skipped)
 
 
