@@ -39,7 +39,11 @@ RUN set -eu; \
     groupadd --gid 1000 textrec; \
     useradd --uid 1000 --gid 1000 --home-dir /home/textrec --create-home --shell /usr/sbin/nologin textrec
 COPY --from=build /opt/venv /opt/venv
+# The npm handwriting fonts that `make fonts` installed (none when it has not run): the synthesize
+# and train components render with the same hands as a local run.
+COPY fonts/ /opt/textrec-fonts/
 ENV PATH=/opt/venv/bin:$PATH \
+    TEXTREC_FONTSOURCE_DIR=/opt/textrec-fonts/node_modules/@fontsource \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     XDG_CACHE_HOME=/tmp/cache MPLCONFIGDIR=/tmp/matplotlib
 USER 1000:1000
