@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from textrec.data.fonts import (
     split_fonts,
 )
 from textrec.data.store import LineStore
-from textrec.data.synth import LineRenderer, SynthConfig, split_plan, synthesize
+from textrec.data.synth import _LEVER_FIELDS, LineRenderer, SynthConfig, split_plan, synthesize
+from textrec.data.text import iam_spacing
 
 N = 30
 
@@ -213,3 +215,111 @@ def test_renderer_never_clips_a_glyph(fonts) -> None:
             ink = np.asarray(mask)
             edges = np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])
             assert edges.max() == 0, f"{spec.name} touches the canvas edge"
+
+
+def test_per_glyph_affine_never_clips_a_glyph(fonts) -> None:
+    text = " ".join(DEFAULT_CHARSET.chars[k:k + 9] for k in range(1, len(DEFAULT_CHARSET.chars), 9))
+    renderer = LineRenderer(SynthConfig(glyph_mode_p=1.0, glyph_affine=0.12, bold_p=1.0), fonts)
+    for spec in fonts[::3]:
+        ink = np.asarray(renderer._draw(text, spec, np.random.default_rng(1))[0])
+        edges = np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])
+        assert edges.max() == 0, f"{spec.name} touches the canvas edge"
+
+
+# --- levers towards pen on paper -------------------------------------------------------------------
+
+LEVERS = {
+    "elastic": ({}, {"elastic_p": 1.0, "elastic_alpha": (1.5, 2.0)}),
+    "morph": ({}, {"morph_p": 1.0}),
+    "width_var": ({}, {"width_var_p": 1.0}),
+    "glyph_affine": ({"glyph_mode_p": 1.0}, {"glyph_mode_p": 1.0, "glyph_affine": 0.08}),
+    "pen": ({}, {"pen_p": 1.0}),
+    "punct_gap": ({}, {"punct_gap_p": 1.0}),
+}
+
+
+@pytest.mark.parametrize("lever", sorted(LEVERS))
+def test_each_lever_is_deterministic_and_changes_the_line_when_on(lever: str, fonts) -> None:
+    off, on = (LineRenderer(SynthConfig(**kw), fonts) for kw in LEVERS[lever])
+    text = 'He said , " that \'s it . " Then 42 more.'
+    for seed in range(3):
+        base, base_font = off.render(text, np.random.default_rng(seed))
+        a, font = on.render(text, np.random.default_rng(seed))
+        b, _ = on.render(text, np.random.default_rng(seed))
+        assert np.array_equal(a, b)
+        assert np.array_equal(base, off.render(text, np.random.default_rng(seed))[0])
+        assert a.shape != base.shape or not np.array_equal(a, base), f"{lever} left seed {seed} unchanged"
+        assert a.dtype == np.uint8 and a.ndim == 2 and a.shape[1] > 2 * a.shape[0]
+        assert np.median(a) > np.percentile(a, 0.1) + 60  # paper with some much darker ink
+        assert font.startswith("hershey-") == (lever == "pen")
+
+
+def test_levers_at_zero_ignore_their_strengths(fonts) -> None:
+    strengths = SynthConfig(morph_px=(3, 3), elastic_alpha=(9.0, 9.0), elastic_sigma=(3.0, 3.0),
+                            punct_gap=(0.0, 0.0), pen_width=(0.3, 0.3), pen_pressure=(0.9, 0.9),
+                            pen_jitter=(0.2, 0.2), pen_join_p=0.0)
+    plain, tuned = LineRenderer(SynthConfig(), fonts), LineRenderer(strengths, fonts)
+    for seed in range(4):
+        a = plain.render("the levers are off , so nothing moves .", np.random.default_rng(seed))
+        b = tuned.render("the levers are off , so nothing moves .", np.random.default_rng(seed))
+        assert a[1] == b[1] and np.array_equal(a[0], b[0])
+    assert strengths.recipe() != SynthConfig().recipe()
+    assert _LEVER_FIELDS <= set(asdict(SynthConfig()))  # the recipe leaves out only real fields
+
+
+def test_tight_gaps_put_iam_detached_punctuation_against_the_word(fonts) -> None:
+    words = 'he said , " that \'s it . "'.split(" ")
+    renderer = LineRenderer(SynthConfig(glyph_mode_p=0.0, punct_gap_p=1.0, punct_gap=(0.0, 0.0)), fonts)
+    items, _ = renderer._layout(" ".join(words), fonts[0], np.random.default_rng(0))
+    assert [it.text for it in items] == words
+    for k, tight in enumerate([False, True, False, True, True, False, True, True]):
+        gap = items[k + 1].x - (items[k].x + items[k].advance)
+        assert (gap == pytest.approx(0.0)) == tight, (k, gap)
+
+
+def test_levers_keep_the_text_labels_of_a_store(store_path: Path, tmp_path: Path) -> None:
+    config = SynthConfig(pen_p=0.5, elastic_p=0.5, morph_p=0.5, width_var_p=0.5, glyph_affine=0.05,
+                         punct_gap_p=0.5)
+    out = synthesize(N, tmp_path / "levers.h5", seed=5, workers=1, config=config, progress=False)
+    store, plain = LineStore(out), LineStore(store_path)
+    assert store.texts == plain.texts
+    assert store.content_hash != plain.content_hash
+    writers = set(store.writers)
+    assert any(w.startswith("hershey-") for w in writers) and not all(w.startswith("hershey-") for w in writers)
+    held = set(store.meta["pen_faces"]["held_out"])
+    for i in range(len(store)):
+        if store.writers[i].startswith("hershey-"):
+            assert (store.writers[i] in held) == (store.split(i) == "test_unseen_font")
+    assert store.meta["config"]["pen_p"] == 0.5
+
+
+def test_iam_spacing_in_the_recipe_spaces_the_texts(tmp_path: Path) -> None:
+    out = synthesize(6, tmp_path / "iam.h5", seed=2, workers=1, config=SynthConfig(iam_spacing_p=1.0),
+                     progress=False)
+    store = LineStore(out)
+    assert store.meta["corpus"] == "wordfreq:en+iam_spacing:1"
+    assert all(iam_spacing(t) == t for t in store.texts)
+
+
+# --- the recipe in a training config -----------------------------------------------------------------
+
+
+def test_data_synth_overrides_the_recipe_and_names_a_new_pool(tmp_path: Path) -> None:
+    from textrec.training.config import load_config
+    from textrec.training.data import pool_path
+
+    plain, levers = load_config(None), load_config(None, ["--data.synth.pen_p=0.3",
+                                                          "--data.synth.elastic_alpha=[1, 2]"])
+    assert SynthConfig.from_mapping(levers.data.synth) == SynthConfig(pen_p=0.3, elastic_alpha=(1.0, 2.0))
+    assert pool_path(plain, tmp_path) != pool_path(levers, tmp_path)
+    assert pool_path(plain, tmp_path) == pool_path(load_config(None, ["--data.synth.pen_p=0"]), tmp_path)
+
+
+def test_an_unknown_data_synth_key_is_rejected_by_name() -> None:
+    from textrec.config import ConfigError
+    from textrec.training.config import load_config
+
+    with pytest.raises(ConfigError, match=r"data\.synth\.pen_q.*valid keys.*pen_p"):
+        load_config(None, ["--data.synth.pen_q=0.3"])
+    with pytest.raises(ConfigError, match="pen_p is a probability"):
+        load_config({"data": {"synth": {"pen_p": 2}}})

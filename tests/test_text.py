@@ -10,12 +10,15 @@ import pytest
 from textrec.charset import DEFAULT_CHARSET
 from textrec.data.store import LineWriter
 from textrec.data.text import (
+    IamSpacing,
     LineLength,
     StoreTextSource,
     TextFileSource,
     TextSource,
     WordFreqSource,
     clean_word,
+    detached_gaps,
+    iam_spacing,
     open_text_source,
     wrap_line,
 )
@@ -129,3 +132,46 @@ def test_open_text_source_picks_by_argument(tmp_path: Path) -> None:
     corpus.write_text("some words here", encoding="utf-8")
     assert isinstance(open_text_source(None), WordFreqSource)
     assert isinstance(open_text_source(corpus), TextFileSource)
+
+
+# --- IAM's punctuation spacing ---------------------------------------------------------------------
+
+
+def test_iam_spacing_detaches_punctuation_and_s_but_not_abbreviations_or_numbers() -> None:
+    assert iam_spacing('He said, "that\'s it." Mr. Lee paid 3.50 (cash)...') == \
+        'He said , " that \'s it . " Mr. Lee paid 3.50 ( cash ) ...'
+    assert iam_spacing("well-known A - B & co") == "well-known A - B & co"
+    assert iam_spacing("I'd say 'no'; John's.") == "I'd say ' no ' ; John 's ."
+
+
+def test_iam_spacing_is_idempotent_and_stays_in_the_charset(wordfreq_lines: list[str]) -> None:
+    spaced = [iam_spacing(t) for t in wordfreq_lines]
+    assert [iam_spacing(t) for t in spaced] == spaced
+    for before, after in zip(wordfreq_lines, spaced, strict=True):
+        assert DEFAULT_CHARSET.unknown(after) == [] and after == DEFAULT_CHARSET.normalise(after)
+        assert after.replace(" ", "") == before.replace(" ", "")  # only spaces are added
+    assert sum(a != b for a, b in zip(wordfreq_lines, spaced, strict=True)) > len(spaced) // 3
+
+
+def test_detached_gaps_mark_the_spaces_a_writer_leaves_out() -> None:
+    assert detached_gaps('he said , " that \'s it . "'.split()) == \
+        [False, True, False, True, True, False, True, True]
+    assert detached_gaps('( " yes " ) she said'.split()) == [True, True, True, True, False, False]
+    assert detached_gaps(["quote", '"']) == [True]  # a lone quote at the end closes
+    assert detached_gaps(["one"]) == []
+
+
+def test_iam_spacing_source_spaces_a_fraction_of_the_lines() -> None:
+    base = WordFreqSource()
+    assert open_text_source(None) is not None and not isinstance(open_text_source(None), IamSpacing)
+    half = open_text_source(None, iam_spacing_p=0.5)
+    assert isinstance(half, IamSpacing) and half.describe() == "wordfreq:en+iam_spacing:0.5"
+    lines = [half.sample(np.random.default_rng([2, i])) for i in range(400)]
+    assert lines == [half.sample(np.random.default_rng([2, i])) for i in range(400)]
+    spaced = sum(" , " in t or t.endswith(" .") for t in lines)
+    plain = sum(("," in t and " , " not in t) for t in lines)
+    assert spaced > 60 and plain > 30
+    always = IamSpacing(base, 1.0)
+    assert all(iam_spacing(t) == t for t in (always.sample(np.random.default_rng(i)) for i in range(50)))
+    with pytest.raises(ValueError, match="iam_spacing_p.*probability"):
+        IamSpacing(base, 1.5)

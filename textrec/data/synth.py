@@ -7,6 +7,12 @@ letter and word spacing, per-word and per-glyph baseline jitter, slant, rotation
 baseline, stroke weight, ink and paper tones, paper texture and shading, ruled lines, pen pressure,
 blur, low-resolution passes, JPEG artefacts and noise.
 
+Levers that make the strokes look more like a pen's, each off by default and each drawing no random
+numbers while off (so old seeds render the same lines): a smooth elastic warp, erosion or dilation,
+stroke-width swelling along the line, per-glyph shear and rotation in glyph mode, tight gaps for IAM's
+detached punctuation, IAM-spaced texts, and ``pen_p``: lines written with a variable-width pen along
+single-stroke Hershey letters (:mod:`textrec.data.pen`) instead of filled font outlines.
+
 A line is a function of (text, font list, config, rng) only. :func:`synthesize` derives each line's
 generator from ``(seed, index)``, so a store's content is the same for a seed whatever the number of
 worker processes. The height is left natural (~45-85 px with tight margins): the stem normalises it.
@@ -18,18 +24,19 @@ import io
 import math
 import multiprocessing as mp
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from textrec.charset import DEFAULT_CHARSET
 from textrec.data.fonts import FontError, FontSpec, discover_fonts, split_fonts
+from textrec.data.pen import PenFace, PenRenderer, split_pen_faces
 from textrec.data.store import LineWriter
-from textrec.data.text import TextSource, open_text_source
+from textrec.data.text import TextSource, detached_gaps, open_text_source
 
 SPLITS = ("train", "val", "test", "test_unseen_font")
 Range = tuple[float, float]
@@ -78,6 +85,24 @@ class SynthConfig:
     jpeg_p: float = 0.15
     jpeg_quality: tuple[int, int] = (25, 75)
     noise: Range = (0.0, 7.0)  # sd of pixel noise, grey levels
+    # Levers towards pen on paper. Each is off at 0 (the default), and a lever that is off draws no
+    # random numbers, so with all of them off a seed renders exactly the lines it rendered before.
+    glyph_affine: float = 0.0  # sd of each glyph's own shear and rotation (radians) in glyph mode; scale: half
+    morph_p: float = 0.0  # erode or dilate the ink (half each; erosion only where strokes survive it)
+    morph_px: tuple[int, int] = (1, 1)  # radius of the square kernel, px (2: 5x5, heavy at these sizes)
+    width_var_p: float = 0.0  # strokes swell and thin slowly along the line, as a ballpoint's do
+    elastic_p: float = 0.0  # a smooth random displacement field warps the ink
+    elastic_alpha: Range = (0.6, 1.8)  # sd of the displacement, px
+    elastic_sigma: Range = (8.0, 20.0)  # spacing of the field's random control points, px
+    punct_gap_p: float = 0.0  # draw the spaces IAM's texts put around punctuation (``said ,``) tight
+    punct_gap: Range = (0.0, 0.3)  # those gaps, as a fraction of a word gap
+    iam_spacing_p: float = 0.0  # lines whose text is tokenised like IAM's (textrec.data.text.iam_spacing)
+    # the pen renderer (textrec.data.pen): single-stroke Hershey faces drawn with a variable-width pen
+    pen_p: float = 0.0  # fraction of lines drawn by the pen instead of a font
+    pen_width: Range = (0.04, 0.1)  # pen width, fraction of the body height (1.6-4 px at 40 px)
+    pen_pressure: Range = (0.1, 0.4)  # depth of the width changes along a stroke
+    pen_jitter: Range = (0.01, 0.04)  # sd of the smooth wobble of the strokes, fraction of the body height
+    pen_join_p: float = 0.7  # lines in a cursive face whose letters are joined within words
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -85,6 +110,33 @@ class SynthConfig:
                 raise ValueError(f"SynthConfig.{name} must be a (low, high) range, got {value}")
             if name.endswith("_p") and not 0.0 <= value <= 1.0:
                 raise ValueError(f"SynthConfig.{name} is a probability, got {value}")
+        if self.glyph_affine < 0:
+            raise ValueError(f"SynthConfig.glyph_affine is a standard deviation (>= 0), got {self.glyph_affine}")
+        if self.morph_px[0] < 1:
+            raise ValueError(f"SynthConfig.morph_px is a kernel radius of at least 1 px, got {self.morph_px}")
+
+    @classmethod
+    def from_mapping(cls, overrides: Mapping[str, Any], *, where: str = "data.synth.") -> SynthConfig:
+        """The defaults with ``overrides`` (a training config's ``data.synth``); an unknown key is a
+        :class:`textrec.config.ConfigError` that names it and lists the valid ones."""
+        from textrec.config import from_dict
+
+        return from_dict(cls, overrides, where=where)
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields that decide the rendered lines, for naming a pool: all of them except the levers
+        still at their (off) defaults, which draw nothing; so a pool rendered before the levers existed
+        keeps its name, and turning any lever on names a new one."""
+        defaults = SynthConfig()
+        return {k: v for k, v in asdict(self).items()
+                if k not in _LEVER_FIELDS or v != getattr(defaults, k)}
+
+
+# The fields added with the levers (after the first pools were rendered): see SynthConfig.recipe.
+_LEVER_FIELDS = frozenset((
+    "glyph_affine", "morph_p", "morph_px", "width_var_p", "elastic_p", "elastic_alpha", "elastic_sigma",
+    "punct_gap_p", "punct_gap", "iam_spacing_p", "pen_p", "pen_width", "pen_pressure", "pen_jitter",
+    "pen_join_p"))
 
 
 def _u(rng: np.random.Generator, r: Sequence[float]) -> float:
@@ -101,6 +153,7 @@ class _Item:
     font: ImageFont.FreeTypeFont
     stroke: int
     advance: float
+    affine: tuple[float, float, float] | None = None  # the glyph's own (shear, rotation, scale)
 
 
 class LineRenderer:
@@ -117,12 +170,14 @@ class LineRenderer:
 
     _CACHE_SIZE = 256
 
-    def __init__(self, config: SynthConfig | None = None, fonts: Sequence[FontSpec] | None = None) -> None:
+    def __init__(self, config: SynthConfig | None = None, fonts: Sequence[FontSpec] | None = None,
+                 pen_faces: Sequence[PenFace] | None = None) -> None:
         self.config = config or SynthConfig()
         if fonts is None:
             fonts = split_fonts(discover_fonts())[0]
         if not fonts:
             raise FontError("LineRenderer needs at least one font")
+        self.pen = PenRenderer(self.config, pen_faces)  # draws pen_p of the lines (training faces by default)
         families: dict[str, list[FontSpec]] = {}
         for spec in fonts:
             families.setdefault(spec.family, []).append(spec)
@@ -164,18 +219,26 @@ class LineRenderer:
         return ext
 
     def render(self, text: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-        """One line: ``(image, font name)``, the image (H, W) uint8, dark ink on light paper."""
+        """One line: ``(image, font name)``, the image (H, W) uint8, dark ink on light paper. A line
+        drawn by the pen (``pen_p``) is named by its Hershey face (``hershey-cursive``, say)."""
         if not text.strip():
             raise ValueError("cannot render an empty line")
-        styles = self._families[int(rng.integers(len(self._families)))]
-        spec = styles[int(rng.integers(len(styles)))]
-        mask, size = self._draw(text, spec, rng)
+        face = self.pen.choose(text, rng) if self.config.pen_p > 0 and rng.random() < self.config.pen_p \
+            else None
+        if face is not None:
+            mask, xheight = self.pen.draw(text, face, rng)
+            name = face.name
+        else:
+            styles = self._families[int(rng.integers(len(self._families)))]
+            spec = styles[int(rng.integers(len(styles)))]
+            mask, size = self._draw(text, spec, rng)
+            xheight, name = size * spec.xheight, spec.name
         alpha = self._geometry(mask, rng)
         alpha = self._crop(alpha, rng)
         if rng.random() < self.config.neighbour_p:
             alpha = self._neighbour(alpha, rng)
         image = self._compose(alpha, rng)
-        return self._degrade(image, rng, size * spec.xheight), spec.name
+        return self._degrade(image, rng, xheight), name
 
     # --- drawing -------------------------------------------------------------------------------------
 
@@ -186,9 +249,11 @@ class LineRenderer:
         glyph_mode = rng.random() < c.glyph_mode_p
         tracking = _u(rng, c.tracking) * size
         space = self._font(spec, size).getlength(" ")
+        words = text.split(" ")
+        tight = detached_gaps(words) if c.punct_gap_p > 0 and rng.random() < c.punct_gap_p else None
         items: list[_Item] = []
         x, scale, shift = 0.0, 0.0, 0.0
-        for word in text.split(" "):
+        for k, word in enumerate(words):
             # Size and baseline drift from word to word (AR(1)), rather than jumping independently.
             scale = 0.8 * scale + 0.6 * c.word_size_jitter * rng.standard_normal()
             shift = 0.5 * shift + 0.87 * c.word_jitter * rng.standard_normal()
@@ -198,14 +263,25 @@ class LineRenderer:
                     font = self._font(spec, wsize * (1.0 + c.glyph_size_jitter * rng.standard_normal()))
                     advance = font.getlength(ch)
                     items.append(_Item(x, y + c.glyph_jitter * size * rng.standard_normal(), ch, font, stroke,
-                                       advance))
+                                       advance, self._glyph_affine(rng)))
                     x += advance + tracking
             else:
                 font = self._font(spec, wsize)
                 items.append(_Item(x, y, word, font, stroke, font.getlength(word)))
                 x += items[-1].advance
-            x += space * _u(rng, c.word_space)
+            gap = space * _u(rng, c.word_space)
+            if tight is not None and k < len(tight) and tight[k]:
+                gap *= _u(rng, c.punct_gap)
+            x += gap
         return items, size
+
+    def _glyph_affine(self, rng: np.random.Generator) -> tuple[float, float, float] | None:
+        """A glyph's own (shear, rotation in radians, scale), within 3 sd; None when the lever is off."""
+        a = self.config.glyph_affine
+        if a <= 0:
+            return None
+        shear, rot, scale = np.clip(rng.standard_normal(3), -3.0, 3.0)
+        return float(a * shear), float(a * rot), float(1.0 + 0.5 * a * scale)
 
     def _draw(self, text: str, spec: FontSpec, rng: np.random.Generator) -> tuple[Image.Image, float]:
         """The text as an ink mask (mode L, ink 255 on 0) with a little room around the ink, and the
@@ -217,13 +293,45 @@ class LineRenderer:
         right = max(it.x + it.advance + er * it.font.size + it.stroke for it in items)
         bottom = max(it.y + eb * it.font.size + it.stroke for it in items)
         pad = 2 + int(0.05 * size)  # words may use contextual glyphs a little larger than the lone ones
+        if self.config.glyph_affine > 0:  # room for glyphs turned about their middles (3 sd at most)
+            pad += int(np.ceil(5.5 * self.config.glyph_affine * size))
         width, height = int(right - left) + 2 * pad, int(bottom - top) + 2 * pad
         mask = Image.new("L", (max(width, 1), max(height, 1)), 0)
         draw = ImageDraw.Draw(mask)
         for it in items:
-            draw.text((it.x - left + pad, it.y - top + pad), it.text, font=it.font, fill=255, anchor="ls",
-                      stroke_width=it.stroke, stroke_fill=255)
+            xy = (it.x - left + pad, it.y - top + pad)
+            if it.affine is None:
+                draw.text(xy, it.text, font=it.font, fill=255, anchor="ls", stroke_width=it.stroke,
+                          stroke_fill=255)
+            else:
+                self._paste_glyph(mask, xy, it)
         return mask, size
+
+    @staticmethod
+    def _paste_glyph(mask: Image.Image, xy: tuple[float, float], it: _Item) -> None:
+        """Draw one glyph on its own canvas, shear, turn and scale it about its middle, and lay its ink
+        over ``mask`` with its anchor at ``xy``."""
+        assert it.affine is not None
+        shear, rot, scale = it.affine
+        box_f = it.font.getbbox(it.text, anchor="ls", stroke_width=it.stroke)
+        left, top = math.floor(box_f[0]), math.floor(box_f[1])
+        right, bottom = math.ceil(box_f[2]), math.ceil(box_f[3])
+        m = 2 + int(0.6 * max(right - left, bottom - top) * (abs(shear) + abs(rot) + abs(scale - 1)))
+        ox, oy = math.floor(xy[0]) + left - m, math.floor(xy[1]) + top - m  # the canvas's place in mask
+        w, h = right - left + 2 * m, bottom - top + 2 * m
+        glyph = Image.new("L", (max(w, 1), max(h, 1)), 0)
+        ImageDraw.Draw(glyph).text((xy[0] - ox, xy[1] - oy), it.text, font=it.font, fill=255, anchor="ls",
+                                   stroke_width=it.stroke, stroke_fill=255)
+        fwd = scale * np.array([[math.cos(rot), -math.sin(rot)], [math.sin(rot), math.cos(rot)]]) \
+            @ np.array([[1.0, -shear], [0.0, 1.0]])
+        inv = np.linalg.inv(fwd)
+        centre = np.array([w / 2, h / 2])
+        shift = centre - inv @ centre  # output p -> input inv @ (p - centre) + centre
+        glyph = glyph.transform(glyph.size, Image.Transform.AFFINE,
+                                (inv[0, 0], inv[0, 1], shift[0], inv[1, 0], inv[1, 1], shift[1]),
+                                resample=Image.Resampling.BILINEAR, fillcolor=0)
+        box = (ox, oy, ox + glyph.width, oy + glyph.height)
+        mask.paste(ImageChops.lighter(mask.crop(box), glyph), box)
 
     # --- geometry ------------------------------------------------------------------------------------
 
@@ -245,11 +353,58 @@ class LineRenderer:
         mask = mask.transform(size, Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR, fillcolor=0)
         if rng.random() < c.thicken_p:
             mask = mask.filter(ImageFilter.MaxFilter(3))
+        if c.morph_p > 0 and rng.random() < c.morph_p:
+            mask = self._morph(mask, rng)
+        if c.width_var_p > 0 and rng.random() < c.width_var_p:
+            mask = self._width_var(mask, rng)
         gamma = np.linspace(0.0, 1.0, 256, dtype=np.float32) ** _u(rng, c.ink_gamma)
         alpha = gamma[np.asarray(mask)]  # a lookup table: much cheaper than a power per pixel
         if rng.random() < c.wave_p:
             alpha = self._wave(alpha, rng)
+        if c.elastic_p > 0 and rng.random() < c.elastic_p:
+            alpha = self._elastic(alpha, rng)
         return alpha
+
+    def _morph(self, mask: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """Dilate or erode the ink by a square kernel of radius ``morph_px``. An erosion that would wipe
+        out strokes (thin fonts) is not applied: after dilating back it must cover 90 % of the ink."""
+        lo, hi = self.config.morph_px
+        r = int(rng.integers(lo, hi + 1))
+        m = np.asarray(mask)
+        if rng.random() < 0.5:
+            return Image.fromarray(_square(m, r, np.maximum))
+        eroded = _square(m, r, np.minimum)
+        kept = _square(eroded, r, np.maximum)[m > 127] > 64
+        return Image.fromarray(eroded) if kept.size and kept.mean() >= 0.9 else mask
+
+    def _width_var(self, mask: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """Blend towards a dilated mask here and an eroded one there along a slow random field: the
+        strokes of a ballpoint swell where it is pressed and thin where it skims."""
+        w, h = mask.size
+        m = np.asarray(mask, dtype=np.float32)
+        thick, thin = _square(m, 1, np.maximum), _square(m, 1, np.minimum)
+        field = np.tanh(1.5 * self._smooth_field(rng, h, w, int(rng.integers(25, 90))))
+        out = m + np.clip(field, 0, None) * (thick - m) + 0.6 * np.clip(-field, 0, None) * (thin - m)
+        return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+
+    def _elastic(self, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Warp by a smooth random displacement field: normal offsets on a coarse grid of
+        ``elastic_sigma`` px, bilinearly upsampled, scaled to ``elastic_alpha`` px; sampled bilinearly."""
+        c = self.config
+        amp, cell = _u(rng, c.elastic_alpha), max(2, int(round(_u(rng, c.elastic_sigma))))
+        pad = int(np.ceil(2 * amp)) + 1
+        alpha = np.pad(alpha, pad)
+        h, w = alpha.shape
+        dx = amp * self._smooth_field(rng, h, w, cell)
+        dy = amp * self._smooth_field(rng, h, w, cell)
+        sx = np.clip(np.arange(w, dtype=np.float32)[None, :] + dx, 0, w - 1.001)
+        sy = np.clip(np.arange(h, dtype=np.float32)[:, None] + dy, 0, h - 1.001)
+        x0, y0 = sx.astype(np.int32), sy.astype(np.int32)
+        fx, fy = sx - x0, sy - y0
+        flat, i = alpha.ravel(), y0 * w + x0  # gathers by flat index: several times faster than 2-D
+        top = flat.take(i) * (1 - fx) + flat.take(i + 1) * fx
+        bottom = flat.take(i + w) * (1 - fx) + flat.take(i + w + 1) * fx
+        return (top * (1 - fy) + bottom * fy).astype(np.float32)
 
     def _wave(self, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Shift columns up and down along a slow sine (a wandering baseline) and resample them along
@@ -353,6 +508,20 @@ class LineRenderer:
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def _square(a: np.ndarray, r: int, op: Any) -> np.ndarray:
+    """``op`` (np.maximum: dilate, np.minimum: erode) over every (2r+1)-pixel square, in two 1-D passes;
+    outside the image is paper (0). Much faster than PIL's rank filters."""
+    h, w = a.shape
+    p = np.pad(a, r)
+    rows = p[:, :w].copy()
+    for k in range(1, 2 * r + 1):
+        op(rows, p[:, k:k + w], out=rows)
+    out = rows[:h].copy()
+    for k in range(1, 2 * r + 1):
+        op(out, rows[k:k + h], out=out)
+    return out
+
+
 # --- building a store ------------------------------------------------------------------------------------
 
 _CHUNK = 16
@@ -424,8 +593,8 @@ def synthesize(n: int, out: Path, *, seed: int = 0, fonts_dirs: Sequence[Path] =
                corpus: Path | None = None, config: SynthConfig | None = None, progress: bool = True) -> Path:
     """Render ``n`` lines (plus ~5% out-of-font test lines) into the line store ``out``.
 
-    Train/val/test lines use the training fonts; ``test_unseen_font`` lines use only the held-out
-    font families. The store's metadata records the config, seed, fonts and corpus. The content (and
+    Train/val/test lines use the training fonts (and pen faces); ``test_unseen_font`` lines use only
+    the held-out font families (and pen faces). The store's metadata records the config, seed, fonts and corpus. The content (and
     so ``content_hash``) depends on the seed, config, corpus and fonts, never on ``workers``.
     """
     from tqdm import tqdm
@@ -438,15 +607,18 @@ def synthesize(n: int, out: Path, *, seed: int = 0, fonts_dirs: Sequence[Path] =
     if not held_out:
         raise FontError(f"need fonts from at least two families to hold one out; found {len(fonts)} "
                         f"font(s) of family {fonts[0].family!r}")
-    source = open_text_source(corpus, charset=DEFAULT_CHARSET)
-    renderers = {"train": LineRenderer(config, train_fonts), "held_out": LineRenderer(config, held_out)}
+    source = open_text_source(corpus, charset=DEFAULT_CHARSET, iam_spacing_p=config.iam_spacing_p)
+    train_faces, held_out_faces = split_pen_faces()
+    renderers = {"train": LineRenderer(config, train_fonts, train_faces),
+                 "held_out": LineRenderer(config, held_out, held_out_faces)}
     plan = split_plan(n, seed)
     jobs = [(i, "held_out" if s == "test_unseen_font" else "train") for i, s in enumerate(plan)]
     chunks = [jobs[k:k + _CHUNK] for k in range(0, len(jobs), _CHUNK)]
     workers = max(1, min(workers or default_workers(), len(chunks)))
     meta = {"generator": "textrec.data.synth", "config": asdict(config), "seed": seed, "n": n,
             "corpus": source.describe(), "fonts": {"train": [f.name for f in train_fonts],
-                                                   "held_out": [f.name for f in held_out]}}
+                                                   "held_out": [f.name for f in held_out]},
+            "pen_faces": {"train": [f.name for f in train_faces], "held_out": [f.name for f in held_out_faces]}}
     with LineWriter(out, meta=meta, splits=SPLITS) as writer, \
             tqdm(total=len(plan), unit="line", desc="synth", disable=not progress) as bar:
         i = 0

@@ -10,6 +10,9 @@ The result depends only on the generator's state, so a seeded generator gives th
   sentences with IAM-style punctuation, quotes, numbers and capitals.
 - :class:`TextFileSource` cuts lines from any text file.
 - :class:`StoreTextSource` reuses the transcriptions of an existing line store (e.g. ingested IAM).
+
+:class:`IamSpacing` wraps any of them to space a fraction of the lines the way IAM's transcriptions are
+spaced (``he said , " that 's it . "``), so that a model learns to write IAM's references.
 """
 
 from __future__ import annotations
@@ -243,6 +246,85 @@ def _wrap_span(words: list[str], rng: np.random.Generator, p: float, left: str, 
     words[j] = words[j] + right
 
 
+# --- IAM's punctuation spacing ------------------------------------------------------------------------
+
+# IAM's transcriptions (lines.txt) tokenise punctuation as words: ``he said , " that 's it . "``. The
+# writers wrote ``he said, "that's it."``, so the spaces IAM adds are not gaps on the page.
+_OPENING = ("(", '"', "'")
+_CLOSING = (",", ".", ";", ":", "!", "?", ")", '"', "'")
+_ABBREVIATIONS = frozenset(("Mr.", "Mrs.", "Dr.", "St.", "Ms.", "Co.", "Ltd.", "No.", "etc."))
+
+
+def _iam_tokens(word: str) -> list[str]:
+    if word in ("'s", "...") or not any(ch.isalnum() for ch in word):
+        return [word]  # already a token of its own (or a symbol such as "-")
+    lead: list[str] = []
+    while len(word) > 1 and word[0] in _OPENING:
+        lead.append(word[0])
+        word = word[1:]
+    trail: list[str] = []
+    while len(word) > 1 and word not in _ABBREVIATIONS:
+        if word.endswith("...") and len(word) > 3:
+            trail.append("...")
+            word = word[:-3]
+        elif word[-1] in _CLOSING:
+            trail.append(word[-1])
+            word = word[:-1]
+        else:
+            break
+    if len(word) > 2 and word.endswith("'s") and word[-3].isalpha():
+        trail.append("'s")
+        word = word[:-2]
+    return lead + [word] + trail[::-1]
+
+
+def iam_spacing(text: str) -> str:
+    r"""``text`` tokenised as IAM's transcriptions are: punctuation marks (but not those inside words or
+    of abbreviations such as ``Mr.``) and ``'s`` become words of their own. Idempotent.
+
+    >>> iam_spacing('He said, "that\'s it." Mr. Brown (aged 3.5) left...')
+    'He said , " that \'s it . " Mr. Brown ( aged 3.5 ) left ...'
+    """
+    return " ".join(t for word in text.split(" ") if word for t in _iam_tokens(word))
+
+
+def detached_gaps(words: Sequence[str]) -> list[bool]:
+    r"""For each space between ``words``, whether it is one that IAM's tokenisation puts where a writer
+    leaves none: before closing punctuation or ``'s``, after an opening bracket or quote. Lone quotes
+    are taken as opening and closing in turn (a first one at the end of the line closes).
+
+    >>> detached_gaps('he said , " that \'s it . "'.split())
+    [False, True, False, True, True, False, True, True]
+    """
+    opening = [False] * len(words)
+    quotes = {'"': 0, "'": 0}
+    for i, w in enumerate(words):
+        if w in quotes:
+            opening[i] = quotes[w] % 2 == 0 and i + 1 < len(words)
+            quotes[w] += 1
+        elif w == "(":
+            opening[i] = i + 1 < len(words)
+    closing = [w in ("'s", "...") or (len(w) > 0 and all(ch in _CLOSING for ch in w)) and not opening[i]
+               for i, w in enumerate(words)]
+    return [opening[i] or closing[i + 1] for i in range(len(words) - 1)]
+
+
+class IamSpacing:
+    """Any text source with a fraction ``p`` of its lines tokenised like IAM's (:func:`iam_spacing`)."""
+
+    def __init__(self, source: TextSource, p: float) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"iam_spacing_p is a probability, got {p}")
+        self.source, self.p = source, p
+
+    def describe(self) -> str:
+        return f"{self.source.describe()}+iam_spacing:{self.p:g}"
+
+    def sample(self, rng: np.random.Generator) -> str:
+        text = self.source.sample(rng)
+        return iam_spacing(text) if rng.random() < self.p else text
+
+
 # --- text files and line stores ---------------------------------------------------------------------
 
 
@@ -302,13 +384,15 @@ class StoreTextSource:
         return self.texts[int(rng.integers(0, len(self.texts)))]
 
 
-def open_text_source(corpus: str | os.PathLike | None = None, *,
-                     charset: Charset = DEFAULT_CHARSET) -> TextSource:
+def open_text_source(corpus: str | os.PathLike | None = None, *, charset: Charset = DEFAULT_CHARSET,
+                     iam_spacing_p: float = 0.0) -> TextSource:
     """The source for ``corpus``: word statistics when None, a line store's transcriptions for an
-    ``.h5``/``.hdf5`` file, otherwise a text file."""
+    ``.h5``/``.hdf5`` file, otherwise a text file; with ``iam_spacing_p`` of its lines spaced like IAM's."""
+    source: TextSource
     if corpus is None:
-        return WordFreqSource(charset=charset)
-    path = Path(corpus)
-    if path.suffix.lower() in (".h5", ".hdf5"):
-        return StoreTextSource(path, charset=charset)
-    return TextFileSource(path, charset=charset)
+        source = WordFreqSource(charset=charset)
+    elif Path(corpus).suffix.lower() in (".h5", ".hdf5"):
+        source = StoreTextSource(Path(corpus), charset=charset)
+    else:
+        source = TextFileSource(Path(corpus), charset=charset)
+    return IamSpacing(source, iam_spacing_p) if iam_spacing_p > 0 else source
