@@ -1,4 +1,5 @@
-"""The decoder spec, CTC greedy and prefix beam search, confidences, and the character n-gram LM."""
+"""The decoder spec, CTC greedy and prefix beam search, confidences, the character n-gram LM and the
+word LM (lexicon fusion), and how both travel in the model artifact."""
 
 from __future__ import annotations
 
@@ -9,17 +10,25 @@ import re
 import numpy as np
 import pytest
 import torch
+from fixtures.lines import line_image
+from fixtures.models import TINY
 
+from textrec.artifact import ArtifactError, artifact_dict, read_artifact, save_artifact
 from textrec.charset import DEFAULT_CHARSET, Charset
 from textrec.decoding import (
     DEFAULT_BEAM,
     CharNgramLM,
     DecoderSpec,
+    WordLM,
     ctc_beam_search,
     ctc_decode,
     ctc_greedy,
     viterbi_states,
+    words_of,
 )
+from textrec.models import create_model
+from textrec.recognizer import Recognizer
+from textrec.stem import LineStem, StemConfig
 
 
 def peaked(paths: list[list[int]], num_classes: int, peak: float = 0.9, seed: int = 0) -> torch.Tensor:
@@ -181,17 +190,19 @@ def test_beam_search_confidences_on_long_lines():
 
 def test_decoder_spec_defaults_to_greedy_with_the_one_default_beam_width():
     spec = DecoderSpec()
-    assert (spec.kind, spec.beam, spec.lm_weight, spec.insertion_bonus) == ("greedy", DEFAULT_BEAM, 0.0, 0.0)
+    assert (spec.kind, spec.beam, spec.lm_weight, spec.insertion_bonus, spec.word_weight) == (
+        "greedy", DEFAULT_BEAM, 0.0, 0.0, 0.0)
     assert DecoderSpec("beam").beam == DEFAULT_BEAM
 
 
 @pytest.mark.parametrize("spec", [
     DecoderSpec(), DecoderSpec("beam"), DecoderSpec("beam", 16, 0.35), DecoderSpec("beam", 4, 0.5, -0.25),
+    DecoderSpec("beam", 8, 0.2, word_weight=0.4),
 ])
 def test_decoder_spec_round_trips_through_its_dict(spec):
     d = spec.to_dict()
     assert d == {"kind": spec.kind, "beam": spec.beam, "lm_weight": spec.lm_weight,
-                 "insertion_bonus": spec.insertion_bonus}
+                 "insertion_bonus": spec.insertion_bonus, "word_weight": spec.word_weight}
     assert all(type(v) in (str, int, float) for v in d.values())  # what weights_only loading accepts
     assert DecoderSpec.from_dict(d) == spec
 
@@ -202,6 +213,7 @@ def test_decoder_spec_round_trips_through_its_dict(spec):
     ({"kind": "beam", "beam": 8, "lm_weight": 1}, DecoderSpec("beam", 8, 1.0)),  # an int weight
     ({"kind": "greedy"}, DecoderSpec()),
     ({}, DecoderSpec()),
+    ({"kind": "beam", "beam": 8, "lm_weight": 0.3, "insertion_bonus": 0.5}, DecoderSpec("beam", 8, 0.3, 0.5)),
 ])
 def test_decoder_spec_reads_the_artifact_dicts_written_so_far(old, want):
     got = DecoderSpec.from_dict(old)
@@ -217,7 +229,10 @@ def test_decoder_spec_reads_the_artifact_dicts_written_so_far(old, want):
     ({"kind": "beam", "lm_weight": math.nan}, "lm_weight must be a finite number, got nan"),
     ({"kind": "beam", "lm_weight": "0.3"}, "lm_weight must be a finite number, got '0.3'"),
     ({"kind": "beam", "insertion_bonus": math.inf}, "insertion_bonus must be a finite number, got inf"),
-    ({"kind": "greedy", "lm_weight": 0.3}, "a greedy decoder takes no lm_weight or insertion_bonus"),
+    ({"kind": "beam", "word_weight": -1}, "word_weight must be >= 0, got -1.0"),
+    ({"kind": "beam", "word_weight": "high"}, "word_weight must be a finite number, got 'high'"),
+    ({"kind": "greedy", "lm_weight": 0.3}, "greedy decoder takes no lm_weight, insertion_bonus or word_weight"),
+    ({"kind": "greedy", "word_weight": 0.3}, "word_weight=0.3; use kind 'beam'"),
 ])
 def test_decoder_spec_errors_name_the_bad_value(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -238,6 +253,7 @@ def test_decoder_spec_labels():
     assert DecoderSpec("beam", 10, 0.3).label() == "beam10+lm0.3"
     assert DecoderSpec("beam", 16).label() == "beam16"
     assert DecoderSpec("beam", 8, 0.5, 0.25).label() == "beam8+lm0.5+ins0.25"
+    assert DecoderSpec("beam", 8, 0.5, word_weight=0.3).label() == "beam8+lm0.5+word0.3"
 
 
 def test_ctc_decode_follows_the_spec():
@@ -250,3 +266,186 @@ def test_ctc_decode_follows_the_spec():
     fused = ctc_decode(lp, lengths, cs, DecoderSpec("beam", 4, lm_weight=3.0), lm)[0]
     assert fused.text == ""  # the LM has never seen an "a"
     assert fused.text == ctc_beam_search(lp, lengths, cs, beam=4, lm=lm, lm_weight=3.0)[0].text
+
+
+# --- the word LM -----------------------------------------------------------------------------------
+
+
+LEXICON = WordLM.from_counts({"the": 500, "crowd": 20, "crown": 5, "cheered": 3, "at": 200, "am": 50,
+                              "to": 300})
+
+
+def one_frame_per_char(text: str, rivals: dict[int, str],
+                       cs: Charset = DEFAULT_CHARSET) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log probs that spell ``text`` one frame per character with a blank after each, except that at
+    character ``i`` of ``rivals`` the optical model slightly prefers the rival (0.5 against 0.4)."""
+    path = [x for c in cs.encode(text) for x in (c, 0)]
+    lp = peaked([path], cs.num_classes, peak=0.9).numpy()
+    for i, rival in rivals.items():
+        lp[2 * i, 0, cs.encode(rival)[0]], lp[2 * i, 0, path[2 * i]] = math.log(0.5), math.log(0.4)
+    return torch.from_numpy(lp), torch.tensor([len(path)])
+
+
+@pytest.mark.parametrize("truth", ["the crowd cheered", "cheered the crowd"])  # mid-line and at the end
+def test_word_lm_moves_a_near_miss_to_a_lexicon_word(truth):
+    cs = DEFAULT_CHARSET
+    lp, lengths = one_frame_per_char(truth, {truth.index("crowd") + 3: "u"})
+    misread = truth.replace("crowd", "croud")
+    assert ctc_greedy(lp, lengths, cs)[0].text == misread
+    assert ctc_beam_search(lp, lengths, cs, beam=10)[0].text == misread
+    fixed = ctc_beam_search(lp, lengths, cs, beam=10, words=LEXICON, word_weight=1.0)[0]
+    assert fixed.text == truth
+    assert fixed.confidence < 0.9  # the chosen "w" had probability 0.4 in the optical model
+    spec = DecoderSpec("beam", 10, word_weight=1.0)  # the same through the spec and a carrier LM
+    assert ctc_decode(lp, lengths, cs, spec, CharNgramLM.uniform(cs).with_words(LEXICON))[0].text == truth
+    assert ctc_decode(lp, lengths, cs, DecoderSpec("beam", 10), CharNgramLM.uniform(cs).with_words(LEXICON)
+                      )[0].text == misread  # word_weight 0: words are carried but not used
+
+
+def test_numbers_and_punctuation_are_never_penalised():
+    cs = DEFAULT_CHARSET
+    # "10" looks a little like "to", a frequent word: a word LM that took numbers for unknown words would
+    # read "at to am"; this one leaves the number as the optical model read it
+    lp, lengths = one_frame_per_char("at 10 am", {})
+    lp[2 * 3, 0, cs.encode("t")[0]] = lp[2 * 4, 0, cs.encode("o")[0]] = math.log(0.4)
+    for weight in (0.0, 1.0, 3.0):
+        read = ctc_beam_search(lp, lengths, cs, beam=10, words=LEXICON, word_weight=weight)[0]
+        assert read.text == "at 10 am"
+    for token in ("1987", "(2.45),", "3rd", "21st", "1990s", "3/4", "...", "--", "\"", ""):
+        assert LEXICON.segment_score(token, complete=True) == 0.0, token
+    # a digit inside a word is no way out of the lexicon: such a token scores as an unknown word
+    unknown = LEXICON.oov_log_prob - LEXICON.typical_log_prob
+    assert LEXICON.segment_score("cr0wd", complete=True) == unknown < LEXICON.word_score("crowd")
+
+
+def test_word_weight_zero_is_the_search_without_words():
+    cs = DEFAULT_CHARSET
+    rng = np.random.default_rng(4)
+    texts = ["the crowd", "at 10 am", "crown the crowd", "to the"]
+    paths = [frames_for(t, cs, rng) for t in texts]
+    lp, lengths = peaked(paths, cs.num_classes, peak=0.5), torch.tensor([len(p) for p in paths])
+    lm = CharNgramLM.fit(["the crowd cheered at the crown", "to the"] * 3, order=3)
+    plain = ctc_beam_search(lp, lengths, cs, beam=6, lm=lm, lm_weight=0.5)
+    zero = ctc_beam_search(lp, lengths, cs, beam=6, lm=lm, lm_weight=0.5, words=LEXICON, word_weight=0.0)
+    spec = DecoderSpec("beam", 6, 0.5)
+    carried = ctc_decode(lp, lengths, cs, spec, lm.with_words(LEXICON))
+    for a, b, c in zip(plain, zero, carried, strict=True):
+        assert a.text == b.text == c.text and a.confidence == b.confidence == c.confidence
+
+
+def test_word_lm_folds_case_looks_ahead_and_scores_whole_lines():
+    lm = WordLM.from_counts({"The": 3, "the": 7, "crowd": 2, "crown": 1, "don't": 1})
+    assert len(lm) == 4 and "THE" in lm and "croud" not in lm
+    assert lm.log_prob("The") == lm.log_prob("the") == pytest.approx(math.log(10 / 14), abs=1e-6)
+    assert lm.oov_log_prob == pytest.approx(math.log(1 / 14) - math.log(10), abs=1e-6)
+    assert lm.prefix_log_prob("CRO") == lm.log_prob("crowd")  # the best word it could still become
+    assert lm.prefix_log_prob("crou") == lm.oov_log_prob
+    assert lm.prefix_log_prob("don'") == lm.log_prob("don't")
+    assert lm.segment_score("crow", complete=False) == lm.prefix_log_prob("crow") - lm.typical_log_prob
+    assert lm.segment_score("crow", complete=True) == lm.word_score("crow")
+    assert lm.text_score("The crowd, don't") == pytest.approx(
+        lm.word_score("the") + lm.word_score("crowd") + lm.word_score("don't"))
+    assert words_of("The crowd's 2nd cheer -- well-known") == ["the", "crowd's", "cheer", "well", "known"]
+
+
+def test_word_lm_survives_weights_only_loading_exactly(tmp_path):
+    lm = WordLM.from_counts({"alpha": 3, "beta": 2, "gamma": 1})
+    torch.save({"word_lm": lm.to_dict()}, tmp_path / "w.pt")
+    again = WordLM.from_dict(torch.load(tmp_path / "w.pt", weights_only=True)["word_lm"])
+    assert again.words == lm.words and np.array_equal(again.log_probs, lm.log_probs)
+    assert again.oov_log_prob == lm.oov_log_prob and again.typical_log_prob == lm.typical_log_prob
+
+
+@pytest.mark.parametrize("log_probs, oov, message", [
+    ({"r2d2": -1.0}, -5.0, "'r2d2' is not a word"),
+    ({"ok": 0.5}, -5.0, "log-probability of 'ok' must be a number <= 0, got 0.5"),
+    ({"ok": -1.0}, -0.5, "oov_log_prob must be a finite number no higher than the rarest word's"),
+    ({"ok": -1.0}, math.nan, "oov_log_prob must be a finite number"),
+    ({}, -5.0, "the lexicon is empty"),
+])
+def test_bad_word_lms_are_named(log_probs, oov, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        WordLM(log_probs, oov)
+
+
+def test_bad_word_lm_sources_are_named():
+    with pytest.raises(ValueError, match="expected kind 'unigram', got 'kenlm'"):
+        WordLM.from_dict({"kind": "kenlm"})
+    with pytest.raises(ValueError, match="unknown lexicon 'dictionary'; expected one of wordfreq"):
+        WordLM.build("dictionary")
+    with pytest.raises(ValueError, match="no word counts"):
+        WordLM.build("texts", ["1987 -- 42"])
+
+
+def test_the_wordfreq_lexicon_knows_common_words_and_can_learn_the_training_texts():
+    lm = WordLM.build("wordfreq", size=20_000)
+    assert 15_000 < len(lm) <= 20_000
+    assert "crowd" in lm and "The" in lm and "don't" in lm and "croud" not in lm and "u.s" not in lm
+    assert lm.log_prob("the") > lm.log_prob("crowd") > lm.oov_log_prob
+    texts = ["Zorblax met the crowd.", "zorblax, again"]
+    extended = WordLM.build("wordfreq+texts", texts, size=20_000)
+    assert "zorblax" in extended and len(extended) == len(lm) + 1
+    assert WordLM.build("texts", texts).words == ["again", "crowd", "met", "the", "zorblax"]
+
+
+# --- the word LM in the model artifact ---------------------------------------------------------------
+
+
+def _tiny_ctc_model():
+    torch.manual_seed(0)
+    return create_model("line_cnn_lstm", num_classes=DEFAULT_CHARSET.num_classes, height=32, **TINY)
+
+
+def test_the_word_lm_travels_in_the_artifact_to_the_recognizer(tmp_path):
+    model, stem = _tiny_ctc_model(), LineStem(StemConfig(height=32))
+    words = WordLM.build("wordfreq", size=20_000)
+    char_lm = CharNgramLM.fit(["a line of text", "the crowd cheered"], order=3)
+    spec = DecoderSpec("beam", 4, 0.3, word_weight=0.5)
+    plain = save_artifact(tmp_path / "plain.pt", model, charset=DEFAULT_CHARSET, stem=stem, decoder=spec,
+                          lm=char_lm)
+    path = save_artifact(tmp_path / "model.pt", model, charset=DEFAULT_CHARSET, stem=stem, decoder=spec,
+                         lm=char_lm.with_words(words))
+    growth = path.stat().st_size - plain.stat().st_size
+    print(f"artifact grows by {growth / 1e6:.2f} MB for {len(words)} words "
+          f"({growth / len(words):.1f} bytes each)")
+    assert growth < 16 * len(words)  # compact: one string and one float32 tensor
+    raw = torch.load(path, weights_only=True)
+    assert raw["decoder"] == spec.to_dict() and raw["decoder"]["word_weight"] == 0.5
+    assert raw["word_lm"]["kind"] == "unigram" and torch.load(plain, weights_only=True)["word_lm"] is None
+    rec = Recognizer.load(path)
+    assert rec.decoder == spec and rec.lm is not None and rec.lm.counts == char_lm.counts
+    assert rec.lm.words is not None and rec.lm.words.words == words.words
+    assert np.array_equal(rec.lm.words.log_probs, words.log_probs)
+    for seed, width in enumerate([160, 260]):
+        image = line_image(width=width, seed=seed, height=40)
+        x = rec.preprocess(image)
+        want = model.recognise(x[None], torch.tensor([x.shape[-1]]), spec, char_lm.with_words(words))[0]
+        got = rec.recognise([image])[0]
+        assert got.text == want.text and got.confidence == pytest.approx(want.confidence, abs=1e-6)
+
+
+def test_a_word_lm_without_character_fusion_and_artifacts_without_one_both_load(tmp_path):
+    model, stem = _tiny_ctc_model(), LineStem(StemConfig(height=32))
+    words = WordLM.from_counts({"the": 3, "crowd": 1})
+    alone = save_artifact(tmp_path / "alone.pt", model, charset=DEFAULT_CHARSET, stem=stem,
+                          decoder=DecoderSpec("beam", 4, word_weight=0.5),
+                          lm=CharNgramLM.uniform().with_words(words))
+    rec = Recognizer.load(alone)
+    assert rec.lm is not None and rec.lm.counts == {}
+    assert rec.lm.words is not None and rec.lm.words.words == words.words
+    old = artifact_dict(model, charset=DEFAULT_CHARSET, stem=stem, lm=CharNgramLM.fit(["old text"], order=2))
+    del old["word_lm"]
+    old["decoder"] = {"kind": "beam", "beam": 4, "lm_weight": 0.3, "insertion_bonus": 0.0}
+    torch.save(old, tmp_path / "old.pt")
+    rec = Recognizer.load(tmp_path / "old.pt")
+    assert rec.decoder.word_weight == 0.0 and rec.lm is not None and rec.lm.words is None
+    assert len(rec.recognise([line_image(width=120, seed=3, height=40)])) == 1
+
+
+def test_a_bad_word_lm_entry_is_named_with_the_file(tmp_path):
+    data = artifact_dict(_tiny_ctc_model(), charset=DEFAULT_CHARSET, stem=LineStem(StemConfig(height=32)))
+    data["word_lm"] = {"kind": "kenlm"}
+    torch.save(data, tmp_path / "model.pt")
+    with pytest.raises(ArtifactError, match="bad word_lm entry") as e:
+        read_artifact(tmp_path / "model.pt")
+    assert str(tmp_path / "model.pt") in str(e.value)

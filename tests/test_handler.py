@@ -8,15 +8,22 @@ for JSON). These tests call the handler the same way.
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fixtures.serving import line_png, make_model_pt, noise_png
+from fixtures.serving import line_png, make_model_pt, noise_png, tiny_options
+from PIL import Image
 
+from textrec.artifact import save_artifact
+from textrec.charset import DEFAULT_CHARSET
+from textrec.decoding import CharNgramLM, DecoderSpec, WordLM
+from textrec.models import create_model
 from textrec.recognizer import Recognizer
+from textrec.stem import LineStem, StemConfig
 from textrec.tracking import MODEL_NAME
 
 pytest.importorskip("ts")
@@ -181,3 +188,47 @@ def test_an_unexpected_failure_stays_with_its_request(handler: TextrecHandler,
 def test_unknown_format_setting_is_refused_at_load(model_dir: Path) -> None:
     with pytest.raises(ValueError, match="handler.formats"):
         TextrecHandler().initialize(FakeContext(model_dir, handler_options={"formats": ["PNG", "HEIC"]}))
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+BLANK_BODIES = {
+    "white": _png(Image.new("L", (200, 40), 255)),
+    "black": _png(Image.new("L", (200, 40), 0)),
+    "uniform grey": _png(Image.new("L", (200, 40), 128)),
+    "transparent": _png(Image.new("RGBA", (200, 40), (0, 0, 0, 0))),
+    "light noise": _png(Image.fromarray(np.random.default_rng(0).normal(235, 5, (40, 200)).clip(0, 255)
+                                        .astype(np.uint8))),
+}
+
+
+def test_blank_images_answer_empty_text_with_confidence_zero(handler: TextrecHandler) -> None:
+    names = list(BLANK_BODIES)
+    answers, ctx = run(handler, [{"body": line_png(1)}] + [{"body": BLANK_BODIES[n]} for n in names])
+    assert ctx.statuses == {} and answers[0]["text"] != ""  # the model reads the real line
+    for name, answer in zip(names, answers[1:], strict=True):
+        assert (answer["text"], answer["confidence"]) == ("", 0.0), name
+        assert answer["version"] == "7"
+
+
+def test_the_artifacts_word_lm_reaches_the_handler(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("line_cnn_lstm", num_classes=DEFAULT_CHARSET.num_classes, height=StemConfig().height,
+                         **tiny_options())
+    words = WordLM.from_counts({"the": 5, "crowd": 2, "cheered": 1})
+    spec = DecoderSpec("beam", 3, 0.2, word_weight=0.7)
+    save_artifact(tmp_path / "model.pt", model, charset=DEFAULT_CHARSET, stem=LineStem(),
+                  decoder=spec, lm=CharNgramLM.fit(["the crowd cheered"], order=2).with_words(words))
+    h = TextrecHandler()
+    h.initialize(FakeContext(tmp_path))
+    assert h.recognizer.decoder == spec
+    assert h.recognizer.lm is not None and h.recognizer.lm.words is not None
+    assert h.recognizer.lm.words.words == words.words
+    images = [line_png(7, width=90), line_png(8, width=120)]
+    answers, _ = run(h, [{"body": im} for im in images])
+    expected = Recognizer.load(tmp_path / "model.pt").recognise(images)
+    assert [a["text"] for a in answers] == [r.text for r in expected]

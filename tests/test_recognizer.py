@@ -10,6 +10,7 @@ import pytest
 import torch
 from fixtures.lines import line_image
 from fixtures.models import TINY, tiny_model_artifact
+from fixtures.serving import line_png, make_model_pt
 from PIL import Image
 
 from textrec.artifact import ArtifactError, artifact_dict, load_artifact, read_artifact, save_artifact
@@ -17,7 +18,7 @@ from textrec.charset import DEFAULT_CHARSET
 from textrec.decoding import DEFAULT_BEAM, CharNgramLM, DecoderSpec
 from textrec.models import create_model
 from textrec.recognizer import ImageError, Recognizer, decode_image, read_image
-from textrec.stem import LineStem, StemConfig, to_grey
+from textrec.stem import LineStem, StemConfig, has_ink, is_blank, to_grey
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,9 @@ def test_artifact_loads_with_weights_only_and_rebuilds_the_model(model_path):
     assert raw["format"] == "textrec-model" and raw["version"] == 1
     assert raw["model_name"] == "line_cnn_lstm" and raw["model_config"]["lstm_hidden"] == 16
     assert raw["num_classes"] == 80 and raw["height"] == 32 and raw["stem"]["height"] == 32
-    assert raw["decoder"] == {"kind": "greedy", "beam": DEFAULT_BEAM, "lm_weight": 0.0, "insertion_bonus": 0.0}
-    assert raw["lm"] is None
+    assert raw["decoder"] == {"kind": "greedy", "beam": DEFAULT_BEAM, "lm_weight": 0.0,
+                              "insertion_bonus": 0.0, "word_weight": 0.0}
+    assert raw["lm"] is None and raw["word_lm"] is None
     assert raw["created"].startswith("20")
     model, info = load_artifact(model_path)
     assert "state_dict" not in info and info["metrics"] == {"test_cer": 0.5}
@@ -108,7 +110,7 @@ def test_an_artifact_written_before_the_decoder_spec_still_loads(tmp_path):
     data["decoder"] = {"kind": "beam", "beam": 16, "lm_weight": 0.3}
     torch.save(data, tmp_path / "old.pt")
     assert read_artifact(tmp_path / "old.pt")["decoder"] == {"kind": "beam", "beam": 16, "lm_weight": 0.3,
-                                                             "insertion_bonus": 0.0}
+                                                             "insertion_bonus": 0.0, "word_weight": 0.0}
     rec = Recognizer.load(tmp_path / "old.pt")
     assert rec.decoder == DecoderSpec("beam", 16, 0.3) and rec.lm is not None
     assert len(rec.recognise([line_image(width=150, seed=1, height=40)])) == 1
@@ -284,3 +286,77 @@ def test_read_image_names_unreadable_files(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(ImageError, match="bad.png"):
         read_image(bad)
+
+
+# --- lines with no ink ------------------------------------------------------------------------------
+
+
+def _noise(mean: float, std: float) -> np.ndarray:
+    return np.random.default_rng(int(mean + std)).normal(mean, std, (40, 200)).clip(0, 255).astype(np.uint8)
+
+
+def _speckled() -> np.ndarray:
+    img = np.full((40, 200), 245, np.uint8)
+    img[np.random.default_rng(1).random(img.shape) < 0.005] = 0  # dust: isolated black pixels
+    return img
+
+
+BLANKS = {
+    "white": png(np.full((40, 200), 255, np.uint8)),
+    "black": png(np.zeros((40, 200), np.uint8)),
+    "uniform grey": png(np.full((40, 200), 128, np.uint8)),
+    "transparent": png(Image.fromarray(np.zeros((40, 200, 4), np.uint8), "RGBA")),
+    "transparent white": png(Image.fromarray(np.full((40, 200, 4), (255, 255, 255, 0), np.uint8), "RGBA")),
+    "grey paper with sensor noise": png(_noise(230, 6)),
+    "white paper with noise clipped at 255": png(_noise(255, 8)),
+    "dusty paper": png(_speckled()),
+    "colour, uniform": png(Image.new("RGB", (200, 40), (200, 180, 90))),
+}
+
+
+@pytest.fixture(scope="module")
+def reading_model(tmp_path_factory) -> Path:
+    """A tiny model that reads letters into anything, blank paper included (as trained ones do)."""
+    return make_model_pt(tmp_path_factory.mktemp("reading") / "model.pt")
+
+
+def test_the_reading_model_would_read_letters_into_blank_paper(reading_model):
+    rec = Recognizer.load(reading_model)
+    (r,) = rec.model.recognise(torch.zeros(1, 1, 40, 200), torch.tensor([200]), rec.decoder)
+    assert r.text != "" and r.confidence > 0  # so the answers below come from the blank check
+
+
+@pytest.mark.parametrize("kind", list(BLANKS))
+def test_a_line_with_no_ink_reads_as_empty_text_with_confidence_zero(reading_model, kind):
+    rec = Recognizer.load(reading_model)
+    data = BLANKS[kind]
+    assert not has_ink(decode_image(data)) and is_blank(rec.preprocess(data))
+    for image in (data, decode_image(data), Image.open(io.BytesIO(data))):  # bytes, array, PIL image
+        (r,) = rec.recognise([image])
+        assert (r.text, r.confidence, r.indices, r.char_confidences) == ("", 0.0, [], [])
+
+
+def test_blank_lines_in_a_batch_keep_their_places_and_the_rest_is_read_as_alone(reading_model):
+    rec = Recognizer.load(reading_model)
+    lines = [line_png(seed, width=150 + 40 * seed) for seed in range(3)]
+    inputs = [lines[0], BLANKS["white"], lines[1], BLANKS["transparent"], lines[2]]
+    out = rec.recognise(inputs, batch_size=2)
+    assert [(r.text, r.confidence) for r in (out[1], out[3])] == [("", 0.0), ("", 0.0)]
+    for got, line in zip((out[0], out[2], out[4]), lines, strict=True):
+        alone = rec.recognise([line])[0]
+        assert got.text == alone.text != "" and alone.confidence > 0
+        assert got.confidence == pytest.approx(alone.confidence, abs=1e-5)
+
+
+def test_a_faint_line_is_not_blank(reading_model):
+    """Pencil 35 grey levels below the paper, with sensor noise: still ink, read like the dark line."""
+    rec = Recognizer.load(reading_model)
+    dark = decode_image(line_png(3, width=200))
+    faint = (235 - (240 - dark.astype(np.float64)) * 35 / 240).round().astype(np.uint8)
+    noisy = (faint + np.random.default_rng(0).normal(0, 3, faint.shape)).clip(0, 255).astype(np.uint8)
+    for image in (faint, noisy):
+        assert has_ink(image) and not is_blank(rec.preprocess(image))
+    want = rec.recognise([dark])[0]
+    got = rec.recognise([faint])[0]
+    assert got.text == want.text != "" and got.confidence > 0
+    assert rec.recognise([noisy])[0].text != ""

@@ -6,10 +6,14 @@ A torch-saved dict of tensors and plain Python values only, so it loads with
     {"format": "textrec-model", "version": 1,
      "model_name", "model_config": dict, "num_classes", "height", "state_dict",
      "charset": str, "stem": dict, "decoder": DecoderSpec.to_dict(), "lm": dict | None,
-     "metrics": dict, "created": ISO time}
+     "word_lm": dict | None, "metrics": dict, "created": ISO time}
 
-The decoder entry is ``{"kind", "beam", "lm_weight", "insertion_bonus"}``; artifacts written before
-``insertion_bonus`` existed lack it and read as 0 (:meth:`textrec.decoding.DecoderSpec.from_dict`).
+The decoder entry is ``{"kind", "beam", "lm_weight", "insertion_bonus", "word_weight"}``; artifacts
+written before ``insertion_bonus`` or ``word_weight`` existed lack them and read as 0
+(:meth:`textrec.decoding.DecoderSpec.from_dict`). ``lm`` is the character n-gram LM and ``word_lm``
+the word LM it carries (:attr:`textrec.decoding.CharNgramLM.words`): the lexicon as one string and
+its log-probabilities as one float32 tensor, ~0.6 MB for 50k words. Artifacts without ``word_lm``
+decode without words.
 
 Training writes it; :class:`textrec.recognizer.Recognizer`, evaluation and serving read it.
 """
@@ -66,7 +70,8 @@ def _decoder_spec(decoder: DecoderSpec | dict[str, Any] | None) -> DecoderSpec:
 def artifact_dict(model: LineModel, *, charset: Charset, stem: Any,
                   decoder: DecoderSpec | dict[str, Any] | None = None, lm: Any = None,
                   metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The artifact as a dict (what :func:`save_artifact` writes); ``decoder`` None means greedy."""
+    """The artifact as a dict (what :func:`save_artifact` writes); ``decoder`` None means greedy. The
+    word LM that ``lm`` carries, if any, is stored beside it as ``word_lm``."""
     num_classes = int(model.num_classes)
     if num_classes < charset.num_classes:
         raise ValueError(f"model has {num_classes} output classes but the charset needs {charset.num_classes}")
@@ -83,6 +88,7 @@ def artifact_dict(model: LineModel, *, charset: Charset, stem: Any,
         "stem": _plain(stem),
         "decoder": _decoder_spec(decoder).to_dict(),
         "lm": _plain(lm),
+        "word_lm": _plain(getattr(lm, "words", None)),
         "metrics": _plain(metrics or {}),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -127,6 +133,11 @@ def read_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
         data["decoder"] = _decoder_spec(data["decoder"]).to_dict()  # older artifacts: defaults filled in
     except ValueError as e:
         raise ArtifactError(f"{path}: bad decoder entry ({e})") from e
+    word_lm = data.get("word_lm")
+    if word_lm is not None and not (isinstance(word_lm, dict) and word_lm.get("kind") == "unigram"
+                                    and {"words", "log_probs", "oov_log_prob"} <= word_lm.keys()):
+        raise ArtifactError(f"{path}: bad word_lm entry (expected a unigram word LM: kind, words, "
+                            f"log_probs, oov_log_prob)")
     return data
 
 

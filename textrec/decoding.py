@@ -1,4 +1,5 @@
-"""Turn per-frame class scores into text: CTC greedy and prefix beam search, a character n-gram LM.
+"""Turn per-frame class scores into text: CTC greedy and prefix beam search, a character n-gram LM
+and a word LM (a lexicon with unigram log-probabilities) fused into the search.
 
 :class:`DecoderSpec` is the one description of a decoder: training chooses one on val, the model
 artifact stores its :meth:`~DecoderSpec.to_dict`, and every model's ``recognise`` takes it.
@@ -28,9 +29,12 @@ A hand-made example where the best path and the best labelling differ (charset `
 
 from __future__ import annotations
 
+import bisect
+import copy
 import math
 import numbers
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -43,20 +47,25 @@ from textrec.charset import DEFAULT_CHARSET, Charset
 NEG_INF = -math.inf
 DECODER_KINDS = ("greedy", "beam")
 DEFAULT_BEAM = 10  # the one default beam width: DecoderSpec, ctc_beam_search and training's DecodeConfig
+DEFAULT_LEXICON_SIZE = 50_000  # wordfreq's most frequent words kept in a word LM
+LEXICONS = ("wordfreq", "wordfreq+texts", "texts")  # where a word LM's words come from (WordLM.build)
 
 
 @dataclass(frozen=True)
 class DecoderSpec:
     """How to turn a model's scores into text; stored in the model artifact so serving repeats it.
 
-    ``kind`` is "greedy" or "beam" (beam search of width ``beam``). ``lm_weight`` and
-    ``insertion_bonus`` are the shallow-fusion terms of CTC beam search (see :func:`ctc_beam_search`);
-    the LM weight acts only when a language model is passed along, and only for models whose
-    ``uses_lm`` is true. A greedy decoder keeps ``beam`` (artifacts have always written it) but takes
-    no fusion terms.
+    ``kind`` is "greedy" or "beam" (beam search of width ``beam``). ``lm_weight``,
+    ``insertion_bonus`` and ``word_weight`` are the shallow-fusion terms of CTC beam search (see
+    :func:`ctc_beam_search`); the LM weights act only when a language model is passed along (the word
+    weight when that LM carries a :class:`WordLM` in ``words``), and only for models whose ``uses_lm``
+    is true. ``word_weight`` 0 leaves words out. A greedy decoder keeps ``beam`` (artifacts have always
+    written it) but takes no fusion terms.
 
     >>> DecoderSpec().label(), DecoderSpec("beam", lm_weight=0.3).label(), DecoderSpec("beam", 16).label()
     ('greedy', 'beam10+lm0.3', 'beam16')
+    >>> DecoderSpec("beam", lm_weight=0.3, word_weight=0.5).label()
+    'beam10+lm0.3+word0.5'
     >>> DecoderSpec.from_dict({"kind": "beam", "beam": 8, "lm_weight": 0.5}) == DecoderSpec("beam", 8, 0.5)
     True
     >>> DecoderSpec("beam", beam=0)
@@ -69,6 +78,7 @@ class DecoderSpec:
     beam: int = DEFAULT_BEAM
     lm_weight: float = 0.0
     insertion_bonus: float = 0.0
+    word_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in DECODER_KINDS:
@@ -77,16 +87,18 @@ class DecoderSpec:
         if isinstance(self.beam, bool) or not isinstance(self.beam, numbers.Integral) or self.beam < 1:
             raise ValueError(f"decoder beam width must be an integer >= 1, got {self.beam!r}")
         object.__setattr__(self, "beam", int(self.beam))
-        for name in ("lm_weight", "insertion_bonus"):
+        for name in ("lm_weight", "insertion_bonus", "word_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"decoder {name} must be a finite number, got {value!r}")
             object.__setattr__(self, name, float(value))  # artifacts and YAML may give ints
-        if self.lm_weight < 0:
-            raise ValueError(f"decoder lm_weight must be >= 0, got {self.lm_weight!r}")
-        if self.kind == "greedy" and (self.lm_weight or self.insertion_bonus):
-            raise ValueError(f"a greedy decoder takes no lm_weight or insertion_bonus, got lm_weight="
-                             f"{self.lm_weight!r}, insertion_bonus={self.insertion_bonus!r}; use kind 'beam'")
+        for name in ("lm_weight", "word_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"decoder {name} must be >= 0, got {getattr(self, name)!r}")
+        if self.kind == "greedy" and (self.lm_weight or self.insertion_bonus or self.word_weight):
+            raise ValueError(f"a greedy decoder takes no lm_weight, insertion_bonus or word_weight, got "
+                             f"lm_weight={self.lm_weight!r}, insertion_bonus={self.insertion_bonus!r}, "
+                             f"word_weight={self.word_weight!r}; use kind 'beam'")
 
     def label(self) -> str:
         """A short name for logs and metrics: "greedy", "beam10", "beam10+lm0.3"."""
@@ -97,6 +109,8 @@ class DecoderSpec:
             out += f"+lm{self.lm_weight:g}"
         if self.insertion_bonus:
             out += f"+ins{self.insertion_bonus:g}"
+        if self.word_weight:
+            out += f"+word{self.word_weight:g}"
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,8 +119,9 @@ class DecoderSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DecoderSpec:
-        """From :meth:`to_dict` or any artifact written so far (``{"kind", "beam", "lm_weight"}``, or
-        fewer keys): missing keys take their defaults, unknown keys are an error."""
+        """From :meth:`to_dict` or any artifact written so far (``{"kind", "beam", "lm_weight"}``, later
+        ``insertion_bonus`` and ``word_weight``, or fewer keys): missing keys take their defaults
+        (so older artifacts decode without words), unknown keys are an error."""
         if not isinstance(data, Mapping):
             raise ValueError(f"decoder settings must be a mapping, got {type(data).__name__}: {data!r}")
         known = [f.name for f in fields(cls)]
@@ -205,6 +220,21 @@ class CharNgramLM:
             self._total[gram[:-1]] += n
         self._cache: dict[tuple[str, str], float] = {}
         self._log_cache: dict[tuple[str, str], float] = {}
+        # The word LM fused beside this one (see with_words): one object then carries a decoder's
+        # language knowledge from training through the model artifact to the Recognizer.
+        self.words: WordLM | None = None
+
+    @classmethod
+    def uniform(cls, charset: Charset = DEFAULT_CHARSET) -> CharNgramLM:
+        """A model that knows nothing (all characters equally likely): what carries a word LM that is
+        used without character fusion (``lm_weight`` 0), at no cost in the artifact."""
+        return cls({}, 1, charset)
+
+    def with_words(self, words: WordLM | None) -> CharNgramLM:
+        """This model with ``words`` beside it (None: without); shares the counts and caches."""
+        out = copy.copy(self)
+        out.words = words
+        return out
 
     @classmethod
     def fit(cls, texts: Iterable[str], order: int = 6, charset: Charset = DEFAULT_CHARSET) -> CharNgramLM:
@@ -272,6 +302,259 @@ class CharNgramLM:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Word language model (a lexicon with unigram log-probabilities)
+
+
+_LETTERS = r"[^\W\d_]"
+_WORD_RUN = re.compile(rf"{_LETTERS}+(?:'{_LETTERS}*)*")  # "don't", "dogs'", an unfinished "don'"
+_LEXICON_WORD = re.compile(rf"{_LETTERS}+(?:'{_LETTERS}+)*")
+_DIGIT = re.compile(r"\d")
+_EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
+_NUMBER = re.compile(r"\d[\d.,:/-]*(?:st|nd|rd|th|s)?", re.IGNORECASE)  # 1987, 2.45, 3/4, 21st, 1990s
+_NUMBER_PREFIX = re.compile(r"\d[\d.,:/-]*(?:st?|nd?|rd?|th?)?", re.IGNORECASE)  # and what may become one
+_CACHE_LIMIT = 200_000  # cached segment scores before the caches start afresh (servers run for weeks)
+
+
+def words_of(text: str) -> list[str]:
+    """The words a :class:`WordLM` scores in ``text``, lower-cased: runs of letters (inner apostrophes
+    kept) in the space-separated tokens that hold no digit.
+
+    >>> words_of("The crowd's 3rd cheer -- well-known (1987), 'he said'.")
+    ['the', "crowd's", 'cheer', 'well', 'known', 'he', 'said']
+    """
+    out = []
+    for token in text.split():
+        if not _DIGIT.search(token):
+            out += [m.group().rstrip("'").lower() for m in _WORD_RUN.finditer(token)]
+    return out
+
+
+class WordLM:
+    """Unigram word model over a lexicon, for word-level fusion in CTC beam search.
+
+    A word is a run of letters with inner apostrophes ("don't"); lookups are lower-cased, so "The" and
+    "the" are one word. A lexicon word has its log-probability, any other word ``oov_log_prob`` (below
+    every lexicon word). Beam search adds :meth:`word_score`, the log-probability relative to a typical
+    word (the mean log-probability of a word of running text: minus the lexicon's entropy). A typical
+    word scores 0, so a line's score does not sink with its number of words and the search is not
+    pushed to run words together into fewer, unknown ones. Numbers ("1987", "2.45", "3rd") and
+    punctuation are no words and score 0, as a typical word: they are never penalised. A token that
+    mixes letters and digits otherwise ("pa3sage") scores as one unknown word, so a digit is no way
+    out of the lexicon.
+
+    :meth:`segment_score` scores the text since the last space. An unfinished word there scores the
+    best lexicon word it could still become (look-ahead over the sorted words, found with bisect), so
+    a beam that has left the lexicon pays at the letter that left it, before a misspelt prefix can
+    crowd better ones out of the beam; once the word ends its score is exactly its own.
+
+    >>> lm = WordLM({"crowd": -8.0, "crown": -9.0, "the": -3.0}, oov_log_prob=-15.0)
+    >>> lm.log_prob("The"), lm.log_prob("croud"), lm.prefix_log_prob("cro"), lm.prefix_log_prob("crou")
+    (-3.0, -15.0, -8.0, -15.0)
+    >>> round(lm.typical_log_prob, 3), round(lm.word_score("crowd"), 3)
+    (-3.048, -4.952)
+    >>> lm.segment_score("crowd,", complete=True) == lm.word_score("crowd")
+    True
+    >>> lm.segment_score("(1987),", complete=True), lm.segment_score("3rd", complete=True)
+    (0.0, 0.0)
+    """
+
+    def __init__(self, log_probs: Mapping[str, float], oov_log_prob: float) -> None:
+        merged: dict[str, float] = {}
+        for word, lp in log_probs.items():
+            key = str(word).lower()
+            if not _LEXICON_WORD.fullmatch(key):
+                raise ValueError(f"word LM: {word!r} is not a word (letters with inner apostrophes)")
+            if isinstance(lp, bool) or not isinstance(lp, numbers.Real) or not lp <= 0:
+                raise ValueError(f"word LM: log-probability of {word!r} must be a number <= 0, got {lp!r}")
+            merged[key] = _lse(merged.get(key, NEG_INF), float(lp))  # "The" and "the" pool their mass
+        if not merged:
+            raise ValueError("word LM: the lexicon is empty")
+        self.words = sorted(merged)
+        # float32 values, as the artifact stores them: a loaded model scores exactly as it was chosen
+        self.log_probs = np.array([merged[w] for w in self.words], np.float32).astype(np.float64)
+        self._index: dict[str, float] = dict(zip(self.words, self.log_probs.tolist(), strict=True))
+        if isinstance(oov_log_prob, bool) or not isinstance(oov_log_prob, numbers.Real) \
+                or not math.isfinite(oov_log_prob) or oov_log_prob > self.log_probs.min():
+            raise ValueError(f"word LM: oov_log_prob must be a finite number no higher than the rarest "
+                             f"word's log-probability {self.log_probs.min():.3f}, got {oov_log_prob!r}")
+        self.oov_log_prob: float = float(np.float32(oov_log_prob))
+        p = np.exp(self.log_probs - self.log_probs.max())
+        self.typical_log_prob: float = float((p * self.log_probs).sum() / p.sum())  # E[log P], running text
+        self._prefixes: dict[str, float] = {}
+        self._segments: dict[tuple[str, bool], float] = {}
+        self._steps: dict[str, float] = {}
+
+    # --- building ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, float], oov_log_prob: float | None = None) -> WordLM:
+        """Relative frequencies of ``counts``; OOV defaults to a tenth of the rarest word's probability."""
+        total = float(sum(counts.values()))
+        if not counts or total <= 0:
+            raise ValueError("word LM: no word counts to build from")
+        lps = {w: math.log(c / total) for w, c in counts.items() if c > 0}
+        if oov_log_prob is None:
+            oov_log_prob = min(lps.values()) - math.log(10.0)
+        return cls(lps, oov_log_prob)
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], charset: Charset = DEFAULT_CHARSET) -> WordLM:
+        """Word counts of ``texts`` (normalised to ``charset``; texts outside it are skipped)."""
+        return cls.from_counts(_text_counts(texts, charset))
+
+    @classmethod
+    def from_wordfreq(cls, size: int = DEFAULT_LEXICON_SIZE, *, lang: str = "en", texts: Iterable[str] = (),
+                      text_weight: float = 0.2, charset: Charset = DEFAULT_CHARSET) -> WordLM:
+        """wordfreq's ``size`` most frequent words (those inside ``charset``), with their frequencies.
+
+        With ``texts`` their words join the lexicon: ``P = (1 - text_weight) P_wordfreq + text_weight
+        P_texts``, so names and jargon of the training texts are known words too."""
+        import wordfreq
+
+        if size < 1 or not 0.0 <= text_weight <= 1.0:
+            raise ValueError(f"word LM: size must be >= 1 and text_weight in [0, 1], got {size}, "
+                             f"{text_weight}")
+        freqs = wordfreq.get_frequency_dict(lang)
+        kept = {w: freqs[w] for w in wordfreq.top_n_list(lang, size)
+                if _LEXICON_WORD.fullmatch(w) and not charset.unknown(w) and freqs.get(w, 0) > 0}
+        if not kept:
+            raise ValueError(f"word LM: wordfreq has no usable {lang!r} words")
+        total = sum(kept.values())
+        probs = {w: f / total for w, f in kept.items()}
+        own = _text_counts(texts, charset)
+        if own and text_weight > 0:
+            n = sum(own.values())
+            probs = {w: (1 - text_weight) * probs.get(w, 0.0) + text_weight * own.get(w, 0) / n
+                     for w in probs.keys() | own.keys()}
+        return cls.from_counts(probs)
+
+    @classmethod
+    def build(cls, lexicon: str = "wordfreq", texts: Iterable[str] = (), *, size: int = DEFAULT_LEXICON_SIZE,
+              charset: Charset = DEFAULT_CHARSET) -> WordLM:
+        """The word LM named by ``lexicon`` (one of :data:`LEXICONS`): wordfreq's words, wordfreq's
+        extended with the words of ``texts``, or the words of ``texts`` alone."""
+        if lexicon == "wordfreq":
+            return cls.from_wordfreq(size, charset=charset)
+        if lexicon == "wordfreq+texts":
+            return cls.from_wordfreq(size, texts=texts, charset=charset)
+        if lexicon == "texts":
+            return cls.from_texts(texts, charset)
+        raise ValueError(f"unknown lexicon {lexicon!r}; expected one of {', '.join(LEXICONS)}")
+
+    # --- scoring -------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: object) -> bool:
+        return isinstance(word, str) and word.lower() in self._index
+
+    def log_prob(self, word: str) -> float:
+        """log P(word), lower-cased and without trailing apostrophes; ``oov_log_prob`` if unknown."""
+        return self._index.get(word.rstrip("'").lower(), self.oov_log_prob)
+
+    def prefix_log_prob(self, prefix: str) -> float:
+        """The best log P of a lexicon word that starts with ``prefix``; ``oov_log_prob`` if none does."""
+        key = prefix.lower()
+        lp = self._prefixes.get(key)
+        if lp is None:
+            lo = bisect.bisect_left(self.words, key)
+            hi = bisect.bisect_left(self.words, key + "\U0010ffff", lo)
+            lp = float(self.log_probs[lo:hi].max()) if hi > lo else self.oov_log_prob
+            if len(self._prefixes) > _CACHE_LIMIT:
+                self._prefixes.clear()
+            self._prefixes[key] = lp
+        return lp
+
+    def word_score(self, word: str) -> float:
+        """What a finished ``word`` adds to a line (times ``word_weight``): log P against a typical word's."""
+        return self.log_prob(word) - self.typical_log_prob
+
+    def segment_score(self, segment: str, complete: bool) -> float:
+        """The score of ``segment`` (text without spaces): the sum of :meth:`word_score` over its words,
+        the last one taken as unfinished (look-ahead) unless ``complete`` or punctuation follows it."""
+        key = (segment, complete)
+        score = self._segments.get(key)
+        if score is None:
+            score = self._segment_score(segment, complete)
+            if len(self._segments) > _CACHE_LIMIT:
+                self._segments.clear()
+            self._segments[key] = score
+        return score
+
+    def _segment_score(self, segment: str, complete: bool) -> float:
+        if segment.isalpha():  # the common case, one word: no regular expressions
+            lp = self.log_prob(segment) if complete else self.prefix_log_prob(segment)
+            return lp - self.typical_log_prob
+        runs = list(_WORD_RUN.finditer(segment))
+        if not runs:
+            return 0.0  # punctuation, numbers
+        if _DIGIT.search(segment):
+            core = _EDGE_PUNCTUATION.sub("", segment)
+            number = _NUMBER if complete else _NUMBER_PREFIX
+            return 0.0 if number.fullmatch(core) else self.oov_log_prob - self.typical_log_prob
+        score = 0.0
+        for m in runs:
+            if complete or m.end() < len(segment):
+                score += self.log_prob(m.group())
+            else:
+                score += self.prefix_log_prob(m.group())
+        return score - len(runs) * self.typical_log_prob
+
+    def step_score(self, segment: str, ch: str) -> float:
+        """What appending ``ch`` to ``segment`` (the text since the last space) adds to the score; a
+        space finishes the segment, so its last word's look-ahead becomes the word's own score. Beam
+        search asks this once per new prefix, so it is one cached look-up."""
+        key = segment + ch  # a segment holds no space, so "seg " can only mean "seg, finished"
+        delta = self._steps.get(key)
+        if delta is None:
+            after = self.segment_score(segment, True) if ch == " " else self.segment_score(key, False)
+            delta = after - self.segment_score(segment, False)
+            if len(self._steps) > _CACHE_LIMIT:
+                self._steps.clear()
+            self._steps[key] = delta
+        return delta
+
+    def text_score(self, text: str) -> float:
+        """The word score of a whole line: what beam search adds to it, times ``word_weight``."""
+        return sum(self.segment_score(seg, True) for seg in text.split(" "))
+
+    def clear_cache(self) -> None:
+        self._prefixes.clear()
+        self._segments.clear()
+        self._steps.clear()
+
+    # --- the artifact --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Compact and plain (``torch.load(weights_only=True)`` reads it): the words as one string,
+        their log-probabilities as one float32 tensor."""
+        return {"kind": "unigram", "words": "\n".join(self.words),
+                "log_probs": torch.from_numpy(self.log_probs.astype(np.float32)),
+                "oov_log_prob": self.oov_log_prob}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WordLM:
+        if not isinstance(data, Mapping) or data.get("kind") != "unigram":
+            got = data.get("kind") if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"word LM: expected kind 'unigram', got {got!r}")
+        words = str(data["words"]).split("\n")
+        lps = torch.as_tensor(data["log_probs"]).double().tolist()
+        if len(words) != len(lps):
+            raise ValueError(f"word LM: {len(words)} words but {len(lps)} log-probabilities")
+        return cls(dict(zip(words, lps, strict=True)), float(data["oov_log_prob"]))
+
+
+def _text_counts(texts: Iterable[str], charset: Charset) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for text in texts:
+        text = charset.normalise(text)
+        if text and not charset.unknown(text):
+            counts.update(w for w in words_of(text) if _LEXICON_WORD.fullmatch(w))
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------
 # Prefix beam search
 
 
@@ -287,39 +570,75 @@ def _lse(a: float, b: float) -> float:
 
 def ctc_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, charset: Charset, *,
                     beam: int = DEFAULT_BEAM, lm: CharNgramLM | None = None, lm_weight: float = 0.5,
-                    insertion_bonus: float = 0.0, prune: float = 1e-3) -> list[Recognition]:
-    """CTC prefix beam search, optionally with a character LM (shallow fusion).
+                    insertion_bonus: float = 0.0, words: WordLM | None = None, word_weight: float = 0.5,
+                    prune: float = 1e-3) -> list[Recognition]:
+    """CTC prefix beam search, optionally with a character LM and a word LM (shallow fusion).
 
     Each prefix keeps two log probabilities, ending in a blank and ending in its last character, so a
     repeated character is only emitted across a blank. A prefix is ranked by its CTC log probability
-    plus ``lm_weight * log P_lm(prefix) + insertion_bonus * len(prefix)`` (the LM term is added when a
-    character is appended, and its end-of-line probability at the end). Per frame only characters with
-    probability >= ``prune`` (at most ``beam`` of them) are tried as extensions: this keeps a 100-frame
-    line with 80 classes to a few milliseconds in Python. With ``prune=0`` and a beam wider than the
-    number of distinct prefixes the search is exact.
+    plus ``lm_weight * log P_lm(prefix) + insertion_bonus * len(prefix) + word_weight * W(prefix)``:
+    the character LM term is added when a character is appended, and its end-of-line probability at
+    the end; ``W`` is the :class:`WordLM` score of the prefix's words, each finished word (a space or
+    the end of the line follows it) at its :meth:`~WordLM.word_score` and the unfinished last one at
+    its best lexicon completion, so it changes as characters are appended and is exact at the end. Per frame
+    only characters with probability >= ``prune`` (at most ``beam`` of them) are tried as extensions:
+    this keeps a 100-frame line with 80 classes to a few milliseconds in Python. With ``prune=0`` and
+    a beam wider than the number of distinct prefixes the search is exact.
     """
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
     if lm is not None and lm.charset.chars != charset.chars:
         raise ValueError("the language model was built for a different charset than the decoder's")
     lp, lens = _check(log_probs, lengths, charset)
-    weight = lm_weight if lm is not None else 0.0
+    fusion = _Fusion(lm if lm is not None and lm_weight else None, lm_weight, insertion_bonus,
+                     words if words is not None and word_weight else None, word_weight)
     log_prune = math.log(prune) if prune > 0 else NEG_INF
     out = []
     for i in range(lp.shape[1]):
         frames = lp[: lens[i], i]
-        text = _beam_one(frames, charset, beam, lm, weight, insertion_bonus, log_prune)
+        text = _beam_one(frames, charset, beam, fusion, log_prune)
         out.append(_aligned(frames, text, charset))
     return out
 
 
 def ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor, charset: Charset, decoder: DecoderSpec,
                lm: CharNgramLM | None = None) -> list[Recognition]:
-    """Decode CTC scores as ``decoder`` says: greedy, or prefix beam search with ``lm`` fused in."""
+    """Decode CTC scores as ``decoder`` says: greedy, or prefix beam search with ``lm`` fused in (and
+    the word LM it carries in ``lm.words``, at ``decoder.word_weight``)."""
     if decoder.kind == "greedy":
         return ctc_greedy(log_probs, lengths, charset)
     return ctc_beam_search(log_probs, lengths, charset, beam=decoder.beam, lm=lm, lm_weight=decoder.lm_weight,
-                           insertion_bonus=decoder.insertion_bonus)
+                           insertion_bonus=decoder.insertion_bonus,
+                           words=lm.words if lm is not None else None, word_weight=decoder.word_weight)
+
+
+class _Fusion:
+    """The score a prefix earns beyond its CTC probability: character LM, insertion bonus, words."""
+
+    def __init__(self, lm: CharNgramLM | None, lm_weight: float, bonus: float, words: WordLM | None,
+                 word_weight: float) -> None:
+        self.lm, self.lm_weight, self.bonus = lm, lm_weight, bonus
+        self.words, self.word_weight = words, word_weight
+
+    def step(self, prefix: str, ch: str) -> float:
+        """What appending ``ch`` to ``prefix`` adds besides the insertion bonus."""
+        out = 0.0
+        if self.lm is not None:
+            out += self.lm_weight * self.lm.log_prob(prefix, ch)
+        if self.words is not None:
+            out += self.word_weight * self.words.step_score(prefix[prefix.rfind(" ") + 1:], ch)
+        return out
+
+    def end(self, prefix: str) -> float:
+        """What ending the line after ``prefix`` adds."""
+        out = 0.0
+        if self.lm is not None:
+            out += self.lm_weight * self.lm.log_prob_end(prefix)
+        if self.words is not None:
+            segment = prefix[prefix.rfind(" ") + 1:]
+            out += self.word_weight * (self.words.segment_score(segment, True)
+                                       - self.words.segment_score(segment, False))
+        return out
 
 
 def _candidates(lp: np.ndarray, k: int, log_prune: float) -> list[list[int]]:
@@ -332,12 +651,11 @@ def _candidates(lp: np.ndarray, k: int, log_prune: float) -> list[list[int]]:
     return [(row[ok] + 1).tolist() for row, ok in zip(top, keep, strict=True)]
 
 
-def _beam_one(lp: np.ndarray, charset: Charset, beam: int, lm: CharNgramLM | None, weight: float,
-              bonus: float, log_prune: float) -> str:
+def _beam_one(lp: np.ndarray, charset: Charset, beam: int, fusion: _Fusion, log_prune: float) -> str:
     chars = charset.chars
     index = {c: i + 1 for i, c in enumerate(chars)}
     beams: dict[str, list[float]] = {"": [0.0, NEG_INF]}  # prefix -> [log p ending in blank, in its char]
-    extra: dict[str, float] = {"": 0.0}  # prefix -> LM and insertion score, fixed once per prefix
+    extra: dict[str, float] = {"": 0.0}  # prefix -> fusion score (LMs, insertion bonus), fixed per prefix
     cands = _candidates(lp, beam, log_prune)
     for row, cand in zip(lp.tolist(), cands, strict=True):
         blank = row[0]
@@ -366,15 +684,14 @@ def _beam_one(lp: np.ndarray, charset: Charset, beam: int, lm: CharNgramLM | Non
                 else:
                     seen[1] = _lse(seen[1], p)
                 if new not in extra:
-                    extra[new] = base + bonus + (weight * lm.log_prob(prefix, ch) if lm is not None and weight else 0.0)
+                    extra[new] = base + fusion.bonus + fusion.step(prefix, ch)
         if len(nxt) > beam:
             scored = sorted(((_lse(e[0], e[1]) + extra[p], p) for p, e in nxt.items()), reverse=True)
             nxt = {p: nxt[p] for _, p in scored[:beam]}
         beams = nxt
 
     def final(item: tuple[str, list[float]]) -> float:
-        end = weight * lm.log_prob_end(item[0]) if lm is not None and weight else 0.0
-        return _lse(*item[1]) + extra[item[0]] + end
+        return _lse(*item[1]) + extra[item[0]] + fusion.end(item[0])
 
     return max(beams.items(), key=final)[0]
 

@@ -3,6 +3,8 @@
 Prediction, evaluation and the TorchServe handler all go through :class:`Recognizer`, so they share
 the artifact's stem (the same preprocessing the model was trained with) and its chosen decoder.
 Image files become grey through :func:`textrec.stem.to_grey`, the conversion the stem itself uses.
+A line the stem finds no ink in (blank, uniform, transparent, noise only) reads as empty text with
+confidence 0, on every path that goes through the Recognizer.
 
     rec = Recognizer.load("runs/cpu/model.pt")            # or s3://bucket/models/model.pt
     [r.text for r in rec.recognise(["line1.png", "line2.png"])]
@@ -22,8 +24,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from textrec.charset import Charset
-from textrec.decoding import CharNgramLM, DecoderSpec
-from textrec.stem import LineStem, to_grey
+from textrec.decoding import CharNgramLM, DecoderSpec, Recognition, WordLM
+from textrec.stem import LineStem, is_blank, to_grey
 
 if TYPE_CHECKING:
     from textrec.models import LineModel
@@ -99,7 +101,7 @@ class Recognizer:
         self.stem = LineStem.from_dict(info["stem"])
         self.decoder = DecoderSpec.from_dict(info.get("decoder") or {})
         # A model that does not use an LM never gets one (older artifacts of such models may carry one).
-        self.lm = CharNgramLM.from_dict(info["lm"]) if info.get("lm") and model.uses_lm else None
+        self.lm = _language_model(info, self.charset) if model.uses_lm else None
 
     @classmethod
     def load(cls, path_or_uri: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -125,9 +127,13 @@ class Recognizer:
 
     @torch.inference_mode()
     def recognise_tensors(self, tensors: Sequence[torch.Tensor], batch_size: int = 16) -> list:
-        """Stem outputs -> Recognitions, batched by width, returned in input order."""
-        order = sorted(range(len(tensors)), key=lambda i: tensors[i].shape[-1])
+        """Stem outputs -> Recognitions, batched by width, returned in input order. A line with no ink
+        (:func:`textrec.stem.is_blank`) is empty text at confidence 0 and never reaches the model."""
         out: list = [None] * len(tensors)
+        for i, t in enumerate(tensors):
+            if is_blank(t):
+                out[i] = Recognition([], "", 0.0, [])
+        order = sorted((i for i in range(len(tensors)) if out[i] is None), key=lambda i: tensors[i].shape[-1])
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             images, widths = pad_images([tensors[i] for i in idx])
@@ -142,3 +148,11 @@ class Recognizer:
         names = [str(im) if isinstance(im, str | os.PathLike) else f"image {i}" for i, im in enumerate(images)]
         tensors = [self.preprocess(im, name) for im, name in zip(images, names, strict=True)]
         return self.recognise_tensors(tensors, batch_size)
+
+
+def _language_model(info: dict[str, Any], charset: Charset) -> CharNgramLM | None:
+    """The artifact's character LM with its word LM beside it (a word LM alone rides on a uniform one)."""
+    lm = CharNgramLM.from_dict(info["lm"]) if info.get("lm") else None
+    if info.get("word_lm"):
+        lm = (lm or CharNgramLM.uniform(charset)).with_words(WordLM.from_dict(info["word_lm"]))
+    return lm

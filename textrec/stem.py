@@ -17,6 +17,12 @@ they stay cheap inside DataLoader workers:
    the ink pixels; pixels map linearly to ink ~1, paper ~0 and are clipped. Faint pencil and bold marker
    therefore look alike, and zero padding in a batch is paper.
 
+**No ink.** A line without ink (:func:`has_ink` is false: white, black, transparent or uniform grey,
+paper texture or sensor noise with no strokes in it) comes out as all zeros, blank paper, at the size
+step 3 gives the whole image. This is the one place that decides "no ink"; :func:`is_blank` reads the
+decision back from the tensor, and the Recognizer answers such a line with empty text at confidence 0
+without asking the model (which would read letters into nothing).
+
 ``augment=True`` (training only) first distorts the cropped line at 1.5x the target height: one affine
 warp for slant, rotation and horizontal stretch, then stroke thickness (min/max filters, thinning as
 often as thickening because models break on strokes thinner than they trained on), a low-resolution
@@ -39,6 +45,7 @@ _MIN_CONTRAST = 24  # grey levels between paper and the darkest ink below which 
 _MIN_SPAN = 8  # smallest ink-to-paper span that is stretched to [0, 1] (faint thin strokes after shrinking)
 _ROW_TRIM = 0.001  # fraction of ink mass trimmed from the top and the bottom when cropping
 _INK_PERCENTILE = 0.30  # ink level: this quantile of the ink class (darker pixels saturate at 1)
+_MIN_STROKE_FRACTION = 0.5  # of the dark pixels that must lie on strokes: noise is mostly isolated specks
 
 
 @dataclass(frozen=True)
@@ -100,20 +107,19 @@ class LineStem:
         return torch.from_numpy(add_noise(x, self.config.noise, rng))[None]
 
     def normalise(self, grey: np.ndarray) -> np.ndarray:
-        """(H, W) uint8 ink-dark -> (height, W') float32 ink-bright; steps 2-4 of the module docstring."""
+        """(H, W) uint8 ink-dark -> (height, W') float32 ink-bright; steps 2-4 of the module docstring
+        (all zeros for a line with no ink)."""
         cfg = self.config
-        if cfg.crop_to_ink:
-            box = ink_box(grey)
-            has_ink = box is not None
-            if box is not None:
-                grey = grey[box[0]:box[1], box[2]:box[3]]
-        else:
-            has_ink = ink_threshold(np.bincount(grey.ravel(), minlength=256)) is not None
+        box = ink_box(grey)
+        if box is not None and cfg.crop_to_ink:
+            grey = grey[box[0]:box[1], box[2]:box[3]]
         h, w = grey.shape
         width = min(cfg.max_width, max(MIN_WIDTH, round(w * cfg.height / h)))
+        if box is None:
+            return np.zeros((cfg.height, width), np.float32)
         if (h, w) != (cfg.height, width):
             grey = np.asarray(Image.fromarray(grey).resize((width, cfg.height), Image.Resampling.BILINEAR))
-        return ink_contrast(grey, has_ink)
+        return ink_contrast(grey, True)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain settings for the model artifact."""
@@ -285,7 +291,9 @@ def ink_contrast(grey: np.ndarray, has_ink: bool = True) -> np.ndarray:
 
 
 def ink_mask(grey: np.ndarray) -> np.ndarray | None:
-    """Boolean ink pixels without isolated specks, or None if the image has no ink/paper contrast."""
+    """Boolean ink pixels without isolated specks; None if the image has no ink/paper contrast, or if
+    most of its dark pixels are isolated specks (sensor noise, paper grain, JPEG ringing: strokes keep
+    nearly all of theirs, noise under a tenth)."""
     t = ink_threshold(np.bincount(grey.ravel(), minlength=256))
     if t is None:
         return None
@@ -298,7 +306,10 @@ def ink_mask(grey: np.ndarray) -> np.ndarray | None:
     for dy in range(3):
         for dx in range(3):
             count += m[dy:dy + h, dx:dx + w]
-    return mask & (count >= 3)
+    strokes = mask & (count >= 3)
+    if strokes.sum() < _MIN_STROKE_FRACTION * mask.sum():
+        return None
+    return strokes
 
 
 def ink_box(grey: np.ndarray, trim: float = _ROW_TRIM) -> tuple[int, int, int, int] | None:
@@ -315,6 +326,25 @@ def ink_box(grey: np.ndarray, trim: float = _ROW_TRIM) -> tuple[int, int, int, i
     top = int(np.searchsorted(rows, trim * total, side="right"))
     bottom = int(np.searchsorted(rows, (1.0 - trim) * total, side="left")) + 1
     return top, max(bottom, top + 1), int(cols[0]), int(cols[-1]) + 1
+
+
+def has_ink(grey: np.ndarray) -> bool:
+    """Whether an (H, W) uint8 ink-dark image shows any ink: the one "no ink" decision (see the
+    module docstring). Dark pixels must stand out from the paper by more than its noise and form
+    strokes, not scattered specks.
+
+    >>> paper = np.full((40, 200), 250, np.uint8)
+    >>> noisy = np.clip(np.random.default_rng(0).normal(250, 8, paper.shape), 0, 255).astype(np.uint8)
+    >>> faint = paper.copy(); faint[15:25, 20:180:6] = 215  # pale strokes, 35 grey levels deep
+    >>> has_ink(paper), has_ink(noisy), has_ink(faint)
+    (False, False, True)
+    """
+    return ink_box(grey) is not None
+
+
+def is_blank(x: torch.Tensor) -> bool:
+    """Whether a stem output is a line with no ink (the stem makes such lines all zeros)."""
+    return not bool(x.any())
 
 
 def crop_to_ink(grey: np.ndarray, trim: float = _ROW_TRIM) -> np.ndarray:
