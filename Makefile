@@ -59,6 +59,9 @@ format: $(STAMP)
 # (~1-3 min). Without MLFLOW_TRACKING_URI a local MLflow server is started and left running.
 PROFILE ?= cpu
 DATA_SOURCE ?= none
+# REAL_VAL: labelled real lines every run is judged on (a TSV of image<TAB>text rows, an IAM lines folder,
+# or an s3:// URI of either); empty: none.
+REAL_VAL ?=
 # LOCAL_BACKEND: auto (kind when `kind` and a working Docker engine exist, else embedded), embedded, kind.
 LOCAL_BACKEND ?= auto
 local: install
@@ -70,7 +73,8 @@ local: install
 	  kind) echo "make local: running the components on kind (LOCAL_BACKEND=embedded to run them here)"; \
 	        $(MAKE) --no-print-directory local-kind ;; \
 	  embedded) echo "make local: running the pipeline embedded (kfp.local + local MLflow; no kind/Docker in use)"; \
-	        $(BIN)/python -m pipelines.local --profile $(PROFILE) --data-source "$(DATA_SOURCE)" ;; \
+	        $(BIN)/python -m pipelines.local --profile $(PROFILE) --data-source "$(DATA_SOURCE)" \
+	          --real-val "$(REAL_VAL)" ;; \
 	  *) echo "make local: LOCAL_BACKEND must be auto, embedded or kind, not '$$backend'" >&2; exit 2 ;; \
 	esac
 
@@ -82,7 +86,7 @@ pipeline-compile: $(STAMP)
 # With IMAGE_REGISTRY set (and no TEXTREC_IMAGE), the components run in the image `make images` pushed.
 pipeline-run: $(STAMP)
 	$(if $(and $(IMAGE_REGISTRY),$(if $(TEXTREC_IMAGE),,x)),TEXTREC_IMAGE="$(patsubst %/,%,$(IMAGE_REGISTRY))/textrec-component:$(IMAGE_TAG)") \
-	  $(BIN)/python -m pipelines.submit --profile $(PROFILE)
+	  $(BIN)/python -m pipelines.submit --profile $(PROFILE) --real-val "$(REAL_VAL)"
 
 # The local MLflow server (sqlite + artifacts under .textrec/mlflow): start or show it, stop it.
 mlflow-ui: $(STAMP)

@@ -7,11 +7,14 @@ from components.image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
-def evaluate_cer(model: Input[Model], lines: Input[Dataset], pipeline_run_id: str, mlflow_uri: str,
+def evaluate_cer(model: Input[Model], lines: Input[Dataset], real_val: str, pipeline_run_id: str, mlflow_uri: str,
                  experiment: str, metrics: Output[Metrics], report: Output[HTML]
-                 ) -> NamedTuple("Evaluation", [("cer", float), ("eval_set_hash", str)]):
+                 ) -> NamedTuple("Evaluation", [("cer", float), ("eval_set_hash", str), ("real_val_cer", float),
+                                                ("real_val_hash", str)]):
     """Character and word error rates on the fixed test split of every line store, and an HTML report
-    with the worst lines beside their images; eval_set_hash identifies the exact lines scored."""
+    with the worst lines beside their images; eval_set_hash identifies the exact lines scored. With
+    real_val (a labelled real set: TSV, IAM lines folder or s3:// URI) that set is scored too:
+    real_val_cer and real_val_hash (-1 and empty without one)."""
     import shutil
     import tempfile
     from collections import namedtuple
@@ -22,8 +25,13 @@ def evaluate_cer(model: Input[Model], lines: Input[Dataset], pipeline_run_id: st
     from textrec.tracking import StepTracking
 
     result = evaluate_split(RunDir(model.path).model, find_line_stores(lines.path), tempfile.mkdtemp(),
-                            step=StepTracking(pipeline_run_id, mlflow_uri, experiment))
+                            step=StepTracking(pipeline_run_id, mlflow_uri, experiment), real_val=real_val)
     shutil.copyfile(result["report"], report.path)
-    for name in ("cer", "wer", "n"):
-        metrics.log_metric(name, float(result[name]))
-    return namedtuple("Evaluation", ["cer", "eval_set_hash"])(result["cer"], result["eval_set_hash"])
+    for name in ("cer", "wer", "n", "real_val_cer", "real_val_wer", "real_val_n"):
+        if name in result:
+            metrics.log_metric(name, float(result[name]))
+    if "real_val_hash" in result:
+        report.metadata["real_val_hash"] = result["real_val_hash"]
+    evaluation = namedtuple("Evaluation", ["cer", "eval_set_hash", "real_val_cer", "real_val_hash"])
+    return evaluation(result["cer"], result["eval_set_hash"], float(result.get("real_val_cer", -1.0)),
+                      result.get("real_val_hash", ""))

@@ -8,12 +8,14 @@ from components.image import COMPONENT_IMAGE
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def register_model(model: Input[Model], lines: Input[Dataset], test_cer: float, eval_set_hash: str,
-                   model_name: str, promotion_margin: float, pipeline_run_id: str, mlflow_uri: str,
+                   real_val_cer: float, real_val_hash: str, model_name: str, promotion_margin: float, pipeline_run_id: str, mlflow_uri: str,
                    experiment: str, metrics: Output[Metrics], decision: Output[Artifact]
                    ) -> NamedTuple("Registration", [("model_uri", str), ("version", str), ("promoted", bool)]):
     """Register the model in MLflow as a new version with alias 'challenger'. Alias 'champion' moves to
     it only if its test CER beats the champion's on the same evaluation set by more than
-    promotion_margin; otherwise the champion stays. decision (JSON) says which, and why."""
+    promotion_margin; otherwise the champion stays. When the champion was also scored on the labelled real
+    set of real_val_hash (empty: none), real_val_cer decides instead. decision (JSON) says which, why, and
+    on what metric."""
     from collections import namedtuple
 
     from textrec.data.store import find_line_stores
@@ -23,8 +25,8 @@ def register_model(model: Input[Model], lines: Input[Dataset], test_cer: float, 
     d = register_challenger(RunDir(model.path).model, find_line_stores(lines.path), test_cer=test_cer,
                             eval_hash=eval_set_hash, model_name=model_name, margin=promotion_margin,
                             step=StepTracking(pipeline_run_id, mlflow_uri, experiment),
-                            decision_path=decision.path)
-    decision.metadata.update(promoted=d.promoted, reason=d.reason, version=d.version)
+                            decision_path=decision.path, real_val_cer=real_val_cer, real_val_hash=real_val_hash)
+    decision.metadata.update(promoted=d.promoted, reason=d.reason, version=d.version, metric=d.metric)
     metrics.log_metric("promoted", float(d.promoted))
     metrics.log_metric("challenger_cer", d.challenger_cer)
     registration = namedtuple("Registration", ["model_uri", "version", "promoted"])

@@ -7,12 +7,14 @@ from components.image import COMPONENT_IMAGE
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def train_model(lines: Input[Dataset], train_config: str, config_overrides: list, epochs: int,
                 gpus_per_node: int, nodes: int, gpu_node_selector: dict, checkpoint_root: str,
-                pipeline_run_id: str, mlflow_uri: str, experiment: str,
+                real_val: str, pipeline_run_id: str, mlflow_uri: str, experiment: str,
                 model: Output[Model], metrics: Output[Metrics]):
     """Train the line recognizer on the merged line stores (train_config: YAML text of a training
     config, config_overrides: 'loop.epochs=3'-style overrides): in this pod on the CPU or one GPU, with
     torchrun over gpus_per_node GPUs, or on several nodes as a TrainJob/PyTorchJob. Checkpoints go to
-    checkpoint_root under a key of the pipeline run, so a retry resumes from the last one."""
+    checkpoint_root under a key of the pipeline run, so a retry resumes from the last one. real_val (a
+    labelled real set: TSV, IAM lines folder or s3:// URI; empty: none) is scored every epoch and picks the
+    best checkpoint."""
     from cluster.trainjob import launch_multi_node
     from textrec.data.store import find_line_stores
     from textrec.metrics import numeric
@@ -23,7 +25,7 @@ def train_model(lines: Input[Dataset], train_config: str, config_overrides: list
     request = TrainRequest(
         stores=stores, store_uris=store_uris(lines.uri, stores), config=train_config,
         overrides=tuple(config_overrides), epochs=epochs, gpus_per_node=gpus_per_node, nodes=nodes,
-        job_node_selector=gpu_node_selector, checkpoint_root=checkpoint_root,
+        job_node_selector=gpu_node_selector, checkpoint_root=checkpoint_root, real_val=real_val,
         step=StepTracking(pipeline_run_id, mlflow_uri, experiment))
     result = train_from_request(request, model.path, multi_node=launch_multi_node)
     model.metadata.update({k: result[k] for k in ("dataset_hash", "mlflow_run_id", "checkpoints")})

@@ -1,6 +1,7 @@
 """``make local``: the whole pipeline on this machine (kfp.local), tracked by MLflow.
 
-    python -m pipelines.local [--profile smoke|cpu] [--data-source none|emnist:URI|iam:URI] ...
+    python -m pipelines.local [--profile smoke|cpu] [--data-source none|emnist:URI|iam:URI]
+                              [--real-val labels.tsv|iam-lines-folder|s3://...] ...
     python -m pipelines.local --serve-only      # start (or find) the local MLflow server
     python -m pipelines.local --stop-server
 
@@ -89,8 +90,12 @@ def local_server_running() -> bool:
 def run_pipeline(*, profile: str, data_source: str = "none", epochs: int = 0, margin: float = 0.0,
                  seed: int = 0, synth_lines: int = 0, overrides: tuple[str, ...] = (),
                  root: Path = ROOT, mlflow_uri: str | None = None, serving_target: str = "none",
-                 model_name: str = MODEL_NAME) -> dict[str, Any]:
-    """Run the pipeline locally; returns (and writes to ``root/last-run.json``) its summary."""
+                 model_name: str = MODEL_NAME, real_val: str = "") -> dict[str, Any]:
+    """Run the pipeline locally; returns (and writes to ``root/last-run.json``) its summary.
+
+    ``real_val``: labelled real lines (a TSV, an IAM lines folder, or an s3:// URI of either) that
+    training, evaluation and the promotion gate score; a local path is made absolute for the steps.
+    """
     from kfp import local
 
     from pipelines.textrec_pipeline import textrec_pipeline
@@ -100,6 +105,7 @@ def run_pipeline(*, profile: str, data_source: str = "none", epochs: int = 0, ma
         raise ValueError(f"profile {profile!r}: expected one of {sorted(PROFILES)}")
     prof = PROFILES[profile]
     config = read_yaml(prof.config)  # checks the file; the pipeline gets its text
+    real_val = _real_val_arg(real_val)
     if prof.threads:
         overrides = (f"loop.threads={prof.threads}", *overrides)
     uri = mlflow_uri or tracking_uri(root)
@@ -110,11 +116,24 @@ def run_pipeline(*, profile: str, data_source: str = "none", epochs: int = 0, ma
         data_source=data_source, synth_lines=synth_lines or prof.synth_lines(config), seed=seed,
         train_config=Path(prof.config).read_text(), config_overrides=list(overrides), epochs=epochs, gpus_per_node=0, nodes=1,
         checkpoint_root=str((root / "checkpoints").resolve()), promotion_margin=margin, mlflow_uri=uri,
-        model_name=model_name, serving_target=serving_target)
+        model_name=model_name, serving_target=serving_target, real_val=real_val)
     summary = summarise(task.outputs, uri, root, time.monotonic() - started)
     for folder in (root / "kfp", root / "checkpoints"):
         prune(folder, keep=KEEP_RUNS)
     return summary
+
+
+def _real_val_arg(real_val: str) -> str:
+    """An s3:// URI as it is; a local labelled set as an absolute path, failing now if it is not there."""
+    from textrec import storage
+
+    if not real_val or storage.is_s3(real_val):
+        return real_val
+    path = Path(real_val).expanduser().resolve()
+    if not path.exists():
+        raise ValueError(f"--real-val {real_val}: no such file or folder (a TSV of image<TAB>text rows or an "
+                         "IAM lines folder)")
+    return str(path)
 
 
 def prune(folder: Path, keep: int) -> list[Path]:
@@ -137,6 +156,8 @@ def summarise(outputs: dict[str, Any], uri: str, root: Path, seconds: float) -> 
     summary = {
         "tracking_uri": uri, "model_name": name, "version": version, "aliases": info["aliases"],
         "cer": float(info["tags"].get(tracking.TAG_TEST_CER, "nan")), "model_uri": info["model_uri"],
+        "real_val_cer": (float(info["tags"][tracking.TAG_REAL_VAL_CER])
+                         if tracking.TAG_REAL_VAL_CER in info["tags"] else None),
         "promoted": bool(outputs["promoted"]), "reason": info["tags"].get("textrec.promotion_reason", ""),
         "artifact_location": info["download_uri"],
         "pipeline_run_id": info["tags"].get(tracking.TAG_PIPELINE_RUN, ""), "seconds": round(seconds, 1),
@@ -152,6 +173,8 @@ def print_summary(s: dict[str, Any], root: Path = ROOT) -> None:
     print(f"\ntextrec pipeline finished in {minutes}m{secs:02d}s")
     print(f"  model      {s['model_name']} version {s['version']} (aliases: {', '.join(s['aliases']) or 'none'})")
     print(f"  test CER   {s['cer']:.4f}")
+    if s.get("real_val_cer") is not None:
+        print(f"  real CER   {s['real_val_cer']:.4f} (real_val)")
     print(f"  promotion  {'promoted' if s['promoted'] else 'not promoted'}: {s['reason']}")
     print(f"  MLflow     {s['tracking_uri']}/#/models/{s['model_name']}/versions/{s['version']}")
     print(f"  artifacts  {s['artifact_location']}")
@@ -179,6 +202,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=0, help="override the profile's epochs (0: keep)")
     p.add_argument("--margin", type=float, default=0.0, help="promotion margin on test CER")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--real-val", default=os.environ.get("REAL_VAL") or "",
+                   help="labelled real lines to judge the run on: a TSV of image<TAB>text rows, an IAM lines "
+                        "folder, or an s3:// URI of either")
     p.add_argument("--synth-lines", type=int, default=0, help="lines to render (0: from the profile)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="training config override, e.g. --set loop.max_minutes=5 (repeatable)")
@@ -210,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_pipeline(profile=a.profile, data_source=a.data_source, epochs=a.epochs, margin=a.margin,
                                seed=a.seed, synth_lines=a.synth_lines, overrides=tuple(a.overrides),
-                               root=a.root, serving_target=a.serving_target, model_name=a.model_name)
+                               root=a.root, serving_target=a.serving_target, model_name=a.model_name,
+                               real_val=a.real_val)
     except (RuntimeError, ValueError, OSError) as e:
         print(f"textrec local pipeline failed: {e}", file=sys.stderr)
         return 1

@@ -6,7 +6,9 @@ Settings come from the environment: ``KFP_HOST`` (required: the Pipelines API en
 ``KFP_NAMESPACE`` (the user's profile namespace on multi-user installs), ``KFP_TOKEN`` (a bearer
 token, when the endpoint needs one), ``KFP_EXPERIMENT`` (default ``textrec``) and ``KFP_UI_HOST``
 (where run pages live, if not on ``KFP_HOST``). ``--profile`` sends ``configs/<profile>.yaml`` as the
-training config; ``--param NAME=VALUE`` sets any other pipeline parameter. The endpoint is checked
+training config; ``--real-val URI`` (or ``REAL_VAL``) sets the ``real_val`` parameter, labelled real
+lines the run is judged on (an s3:// URI or a path the steps can read); ``--param NAME=VALUE`` sets any
+other pipeline parameter. The endpoint is checked
 first, with a short timeout, so a wrong or missing ``KFP_HOST`` fails in seconds and says what to set.
 The components run in ``TEXTREC_IMAGE`` (at compile time) or the default component image.
 """
@@ -115,11 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=os.environ.get("PROFILE") or "cpu")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a pipeline parameter, e.g. --param nodes=2 (repeatable)")
+    p.add_argument("--real-val", default=os.environ.get("REAL_VAL") or "",
+                   help="labelled real lines (TSV or IAM lines folder, usually an s3:// URI) to judge the run on")
     p.add_argument("--run-name", default="")
     a = p.parse_args(argv)
     try:
         cfg = settings()
-        args = arguments(a.profile, parse_params(a.param))
+        params = parse_params(a.param)
+        if a.real_val:
+            params.setdefault("real_val", a.real_val)
+        args = arguments(a.profile, params)
         check_endpoint(cfg["host"], cfg["token"])
         name = a.run_name or f"textrec-{a.profile}-{dt.datetime.now():%Y%m%d-%H%M%S}"
         url = submit(cfg, args, name)

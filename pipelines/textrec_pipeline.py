@@ -70,6 +70,7 @@ def textrec_pipeline(
     nodes: int = 1,
     gpu_node_selector: dict = GPU_NODE_SELECTOR,  # noqa: B006
     checkpoint_root: str = "",
+    real_val: str = "",
     model_name: str = MODEL_NAME,
     promotion_margin: float = 0.0,
     mlflow_uri: str = "http://mlflow:5000",
@@ -83,7 +84,10 @@ def textrec_pipeline(
     render; train_config a training config as YAML text (configs/*.yaml; empty: defaults) with config_overrides
     ('loop.epochs=3', ...) and epochs (0 keeps the config's); gpus_per_node and nodes (> 1 runs a
     TrainJob/PyTorchJob); checkpoint_root an s3:// prefix or mounted folder for resumable checkpoints;
-    promotion_margin how much lower the test CER must be to replace the champion; serving_* where a new
+    real_val labelled real lines (a TSV of image<TAB>text rows, an IAM lines folder, or an s3:// URI of
+    either; empty: none) that training picks its best checkpoint by and that evaluation and the promotion
+    gate score beside the synthetic test CER; promotion_margin how much lower the test CER (real_val CER
+    when the champion was scored on the same real set) must be to replace the champion; serving_* where a new
     champion goes: the model store prefix its .mar is uploaded to and the Deployment that is rolled
     (serving_namespace empty = the pipeline's own namespace); serving_target 'cluster', 'local' (a
     TorchServe on the same machine) or 'none' (register only)."""
@@ -100,7 +104,7 @@ def textrec_pipeline(
     train = train_model(lines=lines.outputs["lines"], train_config=train_config,
                         config_overrides=config_overrides, epochs=epochs, gpus_per_node=gpus_per_node,
                         nodes=nodes, gpu_node_selector=gpu_node_selector, checkpoint_root=checkpoint_root,
-                        pipeline_run_id=run_id, mlflow_uri=mlflow_uri, experiment=experiment)
+                        real_val=real_val, pipeline_run_id=run_id, mlflow_uri=mlflow_uri, experiment=experiment)
     train.set_caching_options(False).set_retry(TRAIN_RETRIES, backoff_duration="30s")
     train.set_accelerator_type(ACCELERATOR).set_accelerator_limit(plan.outputs["pod_gpus"])
     kubernetes.add_node_selector_json(train, plan.outputs["node_selector"])
@@ -109,13 +113,16 @@ def textrec_pipeline(
     train.set_env_variable("TEXTREC_S3_SECRET", S3_SECRET)
     _s3_credentials(train)
 
-    evaluation = evaluate_cer(model=train.outputs["model"], lines=lines.outputs["lines"],
+    evaluation = evaluate_cer(model=train.outputs["model"], lines=lines.outputs["lines"], real_val=real_val,
                               pipeline_run_id=run_id, mlflow_uri=mlflow_uri, experiment=experiment)
     evaluation.set_caching_options(False)
+    _s3_credentials(evaluation)  # real_val may be on S3
 
     register = register_model(model=train.outputs["model"], lines=lines.outputs["lines"],
                               test_cer=evaluation.outputs["cer"],
-                              eval_set_hash=evaluation.outputs["eval_set_hash"], model_name=model_name,
+                              eval_set_hash=evaluation.outputs["eval_set_hash"],
+                              real_val_cer=evaluation.outputs["real_val_cer"],
+                              real_val_hash=evaluation.outputs["real_val_hash"], model_name=model_name,
                               promotion_margin=promotion_margin, pipeline_run_id=run_id,
                               mlflow_uri=mlflow_uri, experiment=experiment)
     register.set_caching_options(False)

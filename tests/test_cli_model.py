@@ -11,6 +11,7 @@ import pytest
 import torch
 from fixtures.lines import line_image
 from fixtures.models import tiny_model_artifact
+from fixtures.serving import line_png, make_model_pt
 from PIL import Image
 
 from textrec.cli import main
@@ -66,6 +67,40 @@ def test_predict_names_an_unreadable_image(model_path, tmp_path, capsys):
 def test_predict_names_a_missing_model(tmp_path, images, capsys):
     assert main(["predict", "--model", str(tmp_path / "none.pt"), str(images[0])]) == 1
     assert "none.pt" in capsys.readouterr().err
+
+
+def _blank_files(folder: Path) -> list[Path]:
+    """White, black, fully transparent and uniform grey line images."""
+    images = {"white": Image.new("L", (240, 50), 255), "black": Image.new("L", (240, 50), 0),
+              "transparent": Image.new("RGBA", (240, 50), (0, 0, 0, 0)),
+              "grey": Image.new("RGB", (240, 50), (99, 99, 99))}
+    for name, image in images.items():
+        image.save(folder / f"{name}.png")
+    return [folder / f"{name}.png" for name in images]
+
+
+def test_predict_answers_blank_images_with_empty_text_and_confidence_zero(tmp_path, capsys):
+    model = make_model_pt(tmp_path / "model.pt")  # a model that reads something into any ink
+    line = tmp_path / "line.png"
+    line.write_bytes(line_png(2))
+    blanks = _blank_files(tmp_path)
+    assert main(["predict", "--model", str(model), str(line), *map(str, blanks)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 5 and printed[0].split("\t")[0] != ""
+    assert printed[1:] == ["\t0.0000"] * 4
+
+
+def test_evaluate_scores_blank_images_as_empty_lines(tmp_path, capsys):
+    model = make_model_pt(tmp_path / "model.pt")
+    blanks = _blank_files(tmp_path)
+    tsv = tmp_path / "labels.tsv"
+    tsv.write_text("".join(f"{p.name}\t\n" for p in blanks) + f"{blanks[0].name}\tsomething was here\n")
+    assert main(["evaluate", "--model", str(model), "--labels", str(tsv), "--report", str(tmp_path / "rep"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"cer": 1.0, "wer": 1.0, "n": 5}  # only the last row misses
+    rows = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
+    assert [(r["prediction"], r["confidence"]) for r in rows] == [("", 0.0)] * 5
+    assert [r["cer"] for r in rows] == [0.0, 0.0, 0.0, 0.0, 1.0]
 
 
 def test_evaluate_tsv_json_has_exactly_cer_wer_n(model_path, images, tmp_path, capsys):

@@ -103,3 +103,17 @@ def test_textrec_image_at_compile_time_sets_every_steps_image(tmp_path):
 def test_pipeline_outputs_the_registered_model(spec):
     outputs = spec[0]["root"]["outputDefinitions"]["parameters"]
     assert set(outputs) == {"model_uri", "version", "promoted"}
+
+
+def test_real_val_parameter_reaches_training_evaluation_and_the_gate(spec):
+    pipeline, k8s = spec
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["real_val"] == {
+        "defaultValue": "", "isOptional": True, "parameterType": "STRING"}
+    tasks = pipeline["root"]["dag"]["tasks"]
+    for task in ("train-model", "evaluate-cer"):
+        assert tasks[task]["inputs"]["parameters"]["real_val"] == {"componentInputParameter": "real_val"}, task
+    register = tasks["register-model"]["inputs"]["parameters"]
+    for name in ("real_val_cer", "real_val_hash"):
+        assert register[name]["taskOutputParameter"] == {"outputParameterKey": name, "producerTask": "evaluate-cer"}
+    secrets = k8s["exec-evaluate-cer"]["secretAsEnv"]  # S3 credentials, for a real set on S3
+    assert [s["secretName"] for s in secrets] == ["textrec-s3"]

@@ -115,6 +115,43 @@ def test_champion_scored_on_another_set_is_reevaluated_on_the_challengers_set(tm
     assert "re-evaluated" in d.reason
 
 
+REAL_A, REAL_B = "r" * 64, "s" * 64  # hashes of two labelled real sets
+
+
+def test_gate_compares_real_val_cer_when_both_were_scored_on_the_same_real_set(tmp_path, uri, name):
+    v1 = register(tmp_path, uri, name, 1, "run-1")
+    first = tracking.promote(name, v1, challenger_cer=0.20, eval_hash=HASH_A, real_val_cer=0.30,
+                             real_val_hash=REAL_A, tracking_uri=uri)
+    assert first.promoted and first.metric == "real_val_cer"
+    v2 = register(tmp_path, uri, name, 2, "run-2")
+    # worse on the synthetic test set, better on the real lines: the real lines decide
+    d = tracking.promote(name, v2, challenger_cer=0.25, eval_hash=HASH_A, real_val_cer=0.10,
+                         real_val_hash=REAL_A, margin=0.05, tracking_uri=uri)
+    assert d.promoted and d.metric == "real_val_cer" and "real set" in d.reason
+    assert d.challenger_cer == pytest.approx(0.10) and d.champion_cer == pytest.approx(0.30)
+    v3 = register(tmp_path, uri, name, 3, "run-3")
+    d3 = tracking.promote(name, v3, challenger_cer=0.01, eval_hash=HASH_A, real_val_cer=0.12,
+                          real_val_hash=REAL_A, tracking_uri=uri)
+    assert not d3.promoted and d3.metric == "real_val_cer" and aliases(uri, name)["champion"] == v2
+    tags = tracking.version_info(name, v3, tracking_uri=uri)["tags"]
+    assert tags[tracking.TAG_REAL_VAL_SET] == REAL_A and float(tags[tracking.TAG_REAL_VAL_CER]) == 0.12
+    assert tags["textrec.promotion_metric"] == "real_val_cer"
+
+
+@pytest.mark.parametrize("champion_real", [(0.30, REAL_B), (None, "")], ids=["another-real-set", "none"])
+def test_gate_falls_back_to_test_cer_without_a_common_real_set(tmp_path, uri, name, champion_real):
+    v1 = register(tmp_path, uri, name, 1, "run-1")
+    real_cer, real_hash = champion_real
+    tracking.promote(name, v1, challenger_cer=0.20, eval_hash=HASH_A, real_val_cer=real_cer,
+                     real_val_hash=real_hash, tracking_uri=uri)
+    v2 = register(tmp_path, uri, name, 2, "run-2")
+    d = tracking.promote(name, v2, challenger_cer=0.25, eval_hash=HASH_A, real_val_cer=0.01,
+                         real_val_hash=REAL_A, tracking_uri=uri)
+    assert not d.promoted and d.metric == "test_cer" and d.champion_cer == pytest.approx(0.20)
+    assert "no CER on the real set" in d.reason and d.to_dict()["metric"] == "test_cer"
+    assert tracking.version_info(name, v2, tracking_uri=uri)["tags"]["textrec.promotion_metric"] == "test_cer"
+
+
 def test_download_champion_returns_the_champions_model_pt_and_version(tmp_path, uri, name):
     v1 = register(tmp_path, uri, name, 1, "run-1")
     tracking.promote(name, v1, challenger_cer=0.3, eval_hash=HASH_A, tracking_uri=uri)
@@ -194,14 +231,18 @@ def test_mlflow_callback_logs_params_and_per_epoch_metrics(tmp_path, uri, name):
         cb = MlflowCallback(run_id, uri)
         cb.on_train_start(trainer)
         for epoch, cer in enumerate([0.9, 0.5, 0.3]):
-            cb.on_epoch_end(trainer, epoch, {"val_cer": cer, "train_loss": 2.0 - epoch, "note": "text"})
-        cb.on_train_end(trainer, {"test_cer": 0.31, "stopped": "completed"})
+            cb.on_epoch_end(trainer, epoch, {"val_cer": cer, "real_val_cer": cer + 0.1, "train_loss": 2.0 - epoch,
+                                             "note": "text"})
+        cb.on_train_end(trainer, {"test_cer": 0.31, "stopped": "completed", "real_val_hash": "r" * 64})
     client = tracking.mlflow_client(uri)
     run = client.get_run(run_id)
     assert run.data.params["loop.epochs"] == str(TrainConfig().loop.epochs)
     assert run.data.params["model.name"] == "line_cnn_lstm"
     history = client.get_metric_history(run_id, "val_cer")
     assert [(m.step, m.value) for m in history] == [(1, 0.9), (2, 0.5), (3, 0.3)]
+    real = client.get_metric_history(run_id, "real_val_cer")
+    assert [(m.step, round(m.value, 6)) for m in real] == [(1, 1.0), (2, 0.6), (3, 0.4)]
+    assert run.data.tags[tracking.TAG_REAL_VAL_SET] == "r" * 64
     assert run.data.metrics["final_test_cer"] == pytest.approx(0.31)
     assert "note" not in run.data.metrics
     assert [f.path for f in client.list_artifacts(run_id)] == ["metrics.json"]

@@ -199,6 +199,7 @@ def test_train_writes_model_metrics_and_checkpoints(tmp_path, cache):
     for key in ("val_cer", "test_cer", "test_unseen_font_cer", "epochs", "lines_per_s", "wall_s", "parameters"):
         assert key in metrics, key
     assert metrics["epochs"] == 2 and metrics["lines_per_s"] > 0 and metrics["stopped"] == "completed"
+    assert metrics["selected_by"] == "val_cer" and not any(k.startswith("real_val") for k in metrics)
     assert json.loads((out / "metrics.json").read_text())["test_cer"] == pytest.approx(metrics["test_cer"])
     raw = torch.load(out / "model.pt", weights_only=True)  # plain tensors and Python types only
     assert raw["format"] == "textrec-model" and raw["charset"] == DEFAULT_CHARSET.chars
@@ -327,3 +328,29 @@ def test_store_and_model_on_s3(tmp_path, s3):
     model_uri = storage.upload(tmp_path / "run" / "model.pt", s3.uri("models/model.pt"))
     rec = Recognizer.load(model_uri)
     assert len(rec.recognise([np.full((30, 90), 230, np.uint8)])) == 1
+
+
+def test_word_weights_are_tried_on_the_best_lm_weight_and_a_chosen_word_lm_is_saved(tmp_path, cache):
+    out = tmp_path / "run"
+    metrics = train(tiny_config(cache, "--decode.lm_order=3", "--decode.beam=4", "--decode.lm_weights=[0.3]",
+                                "--decode.word_weights=[0.5,2.0]", "--decode.lexicon=wordfreq+texts"), out)
+    tried = metrics["val_decoders"]
+    assert set(tried) == {"greedy", "beam4+lm0.3", "beam4+lm0.3+word0.5", "beam4+lm0.3+word2"}
+    chosen = DecoderSpec.from_dict(metrics["decoder"])
+    assert tried[chosen.label()] == min(tried.values())
+    raw = torch.load(out / "model.pt", weights_only=True)
+    assert (raw["word_lm"] is not None) == (chosen.word_weight > 0)
+    assert (raw["lm"] is not None) == (chosen.lm_weight > 0 or chosen.word_weight > 0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--decode.word_weights=[0.5,-1]", r"decode.word_weights must be >= 0, got \[0.5, -1.0\]"),
+    ("--decode.lexicon=oxford", r"decode.lexicon must be one of wordfreq, wordfreq\+texts, texts, got 'ox"),
+    ("--decode.lexicon_size=0", "decode.lexicon_size must be an integer >= 1, got 0"),
+])
+def test_decode_config_checks_its_word_lm_settings(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, ["--decode.lm_order=3", override])
+    with pytest.raises(ValueError, match="decode.word_weights need beam search"):
+        load_config(None, ["--decode.word_weights=[0.5]"])
+    assert load_config(None).decode.word_weights == ()  # off unless asked for

@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="model.pt, a run folder, or an s3:// URI")
     src = ev.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", default=None, help="line store (.h5 path or s3:// URI)")
-    src.add_argument("--labels", type=Path, default=None, help="TSV of 'image path<TAB>transcription' rows")
-    src.add_argument("--iam-lines", type=Path, default=None, help="folder in the IAM lines layout")
+    src.add_argument("--labels", default=None,
+                     help="TSV of 'image path<TAB>transcription' rows (a path or s3:// URI; images relative to it)")
+    src.add_argument("--iam-lines", default=None, help="folder in the IAM lines layout (a path or s3:// URI)")
     ev.add_argument("--split", default="test", help="split of --data (default: test)")
     ev.add_argument("--limit", type=int, default=None, help="score at most this many lines of --data")
     ev.add_argument("--json", action="store_true", help="print one JSON object: cer, wer, n")

@@ -2,7 +2,8 @@
 
 Sources of labelled lines: a line store split, a TSV file (``image path<TAB>transcription`` per
 row, paths relative to the TSV's folder), or a folder in the IAM lines layout (``lines.txt`` or
-``ascii/lines.txt`` next to ``lines/a01/a01-000u/a01-000u-00.png``). :func:`write_report` writes an
+``ascii/lines.txt`` next to ``lines/a01/a01-000u/a01-000u-00.png``); :func:`real_samples` reads the
+last two, or an s3:// URI of either, as one kind of source (a labelled real set). :func:`write_report` writes an
 HTML page (the worst lines as image, truth and prediction, plus a CER summary) and ``report.json``.
 """
 
@@ -14,6 +15,8 @@ import html
 import io
 import json
 import os
+import posixpath
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from textrec import storage
 from textrec.io import atomic_write
 from textrec.metrics import cer as cer_score
 from textrec.metrics import line_cer
@@ -175,16 +179,15 @@ def evaluate_store(model: Recognizer | str | os.PathLike, store_path: str | os.P
         return evaluate(model, store_samples(local, split, limit), source=f"{store_path}:{split}", **kwargs)
 
 
-def tsv_rows(tsv_path: str | os.PathLike) -> list[tuple[Path, str, str]]:
-    """(image path, truth, row name) from ``path<TAB>text`` rows; blank lines and ``#`` comments skipped."""
-    tsv = Path(tsv_path)
+def _tsv_entries(tsv: Path) -> list[tuple[int, str, str]]:
+    """(row number, image name, truth) of a labels TSV, before any image is looked for."""
     if not tsv.is_file():
         raise FileNotFoundError(f"{tsv}: no such labels file")
     try:
         text = tsv.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise EvalDataError(f"{tsv}: not UTF-8 text ({e})") from e
-    rows: list[tuple[Path, str, str]] = []
+    entries: list[tuple[int, str, str]] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -194,12 +197,21 @@ def tsv_rows(tsv_path: str | os.PathLike) -> list[tuple[Path, str, str]]:
         name, truth = line.split("\t", 1)
         if not name.strip():
             raise EvalDataError(f"{tsv}, row {n}: empty image path")
-        path = (tsv.parent / name.strip()).resolve() if not os.path.isabs(name.strip()) else Path(name.strip())
-        if not path.is_file():
-            raise EvalDataError(f"{tsv}, row {n}: image {name.strip()!r} not found (looked for {path})")
-        rows.append((path, truth, name.strip()))
-    if not rows:
+        entries.append((n, name.strip(), truth))
+    if not entries:
         raise EvalDataError(f"{tsv}: no labelled rows (expected 'image path<TAB>transcription' lines)")
+    return entries
+
+
+def tsv_rows(tsv_path: str | os.PathLike) -> list[tuple[Path, str, str]]:
+    """(image path, truth, row name) from ``path<TAB>text`` rows; blank lines and ``#`` comments skipped."""
+    tsv = Path(tsv_path)
+    rows: list[tuple[Path, str, str]] = []
+    for n, name, truth in _tsv_entries(tsv):
+        path = (tsv.parent / name).resolve() if not os.path.isabs(name) else Path(name)
+        if not path.is_file():
+            raise EvalDataError(f"{tsv}, row {n}: image {name!r} not found (looked for {path})")
+        rows.append((path, truth, name))
     return rows
 
 
@@ -215,8 +227,7 @@ def _read_rows(rows: list[tuple[Path, str, str]], where: str) -> Iterator[Sample
 def evaluate_tsv(model: Recognizer | str | os.PathLike, tsv_path: str | os.PathLike, **kwargs: Any
                  ) -> EvalReport:
     """Score the images listed in a TSV of ``image path<TAB>transcription`` rows."""
-    rows = tsv_rows(tsv_path)
-    return evaluate(model, _read_rows(rows, str(tsv_path)), source=str(tsv_path), **kwargs)
+    return evaluate(model, real_samples(tsv_path, kind="tsv"), source=str(tsv_path), **kwargs)
 
 
 def iam_rows(folder: str | os.PathLike, *, ok_only: bool = False) -> list[tuple[Path, str, str]]:
@@ -254,8 +265,114 @@ def iam_rows(folder: str | os.PathLike, *, ok_only: bool = False) -> list[tuple[
 def evaluate_iam_lines(model: Recognizer | str | os.PathLike, folder: str | os.PathLike, *,
                        ok_only: bool = False, **kwargs: Any) -> EvalReport:
     """Score an IAM-layout lines folder."""
-    rows = iam_rows(folder, ok_only=ok_only)
-    return evaluate(model, _read_rows(rows, str(folder)), source=str(folder), **kwargs)
+    return evaluate(model, real_samples(folder, kind="iam", ok_only=ok_only), source=str(folder), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Labelled real sets: one entry point for a TSV, an IAM lines folder, or an s3:// URI of either
+
+LABELLED_KINDS = ("a TSV of 'image path<TAB>transcription' rows (images relative to it), a folder in the IAM "
+                  "lines layout (lines.txt or ascii/lines.txt, images lines/a01/a01-000u/<id>.png), or an "
+                  "s3:// URI of either")
+IAM_LISTINGS = ("lines.txt", "ascii/lines.txt")
+FETCH_THREADS = 8  # parallel image downloads for a TSV on S3
+
+
+def real_samples(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, kind: str = "auto",
+                 ok_only: bool = False) -> Iterator[Sample]:
+    """(image, truth, name) of every line of a labelled real set, read one at a time (memory stays flat).
+
+    ``source`` is a TSV, an IAM lines folder or an s3:// URI of either (see :func:`labelled_rows`).
+    Without ``cache_dir`` an s3:// source is fetched into a temporary folder that lives as long as the
+    iteration. Errors name the source and the row at fault.
+    """
+    if storage.is_s3(source) and cache_dir is None:
+        with tempfile.TemporaryDirectory(prefix="textrec-labelled-") as tmp:
+            yield from real_samples(source, cache_dir=tmp, kind=kind, ok_only=ok_only)
+        return
+    rows = labelled_rows(source, cache_dir=cache_dir, kind=kind, ok_only=ok_only)
+    yield from _read_rows(rows, str(source))
+
+
+def labelled_rows(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, kind: str = "auto",
+                  ok_only: bool = False, download: bool = True) -> list[tuple[Path, str, str]]:
+    """(image path, truth, name) of a labelled real set. ``kind`` ``auto``: a file is a TSV, a folder an
+    IAM lines folder; ``tsv`` or ``iam`` insist on one.
+
+    An s3:// source is fetched under ``cache_dir`` first: a TSV with the images it names (relative to
+    it), an IAM folder whole. With ``download=False`` the copy already there is read (what a node's
+    other ranks do once its first rank has fetched it).
+    """
+    if kind not in ("auto", "tsv", "iam"):
+        raise ValueError(f"labelled set kind must be auto, tsv or iam, got {kind!r}")
+    src = str(source)
+    if not src.strip():
+        raise EvalDataError(f"empty labelled set source; expected {LABELLED_KINDS}")
+    local = Path(src)
+    if storage.is_s3(src):
+        if cache_dir is None:
+            raise ValueError(f"{src}: an s3:// labelled set needs a cache_dir to be fetched into")
+        local = _fetch_labelled(src, Path(cache_dir), download=download)
+    try:
+        return _local_rows(local, kind, ok_only)
+    except (EvalDataError, FileNotFoundError) as e:
+        if local == Path(src):
+            raise  # the message already names the source
+        raise EvalDataError(f"{src} (fetched to {local}): {e}") from e
+
+
+def _local_rows(path: Path, kind: str, ok_only: bool) -> list[tuple[Path, str, str]]:
+    if kind == "tsv" or (kind == "auto" and path.is_file()):
+        if kind == "auto" and path.suffix in (".h5", ".hdf5"):
+            raise EvalDataError(f"{path}: a line store, not a labelled set of images; expected {LABELLED_KINDS}")
+        return tsv_rows(path)
+    if kind == "iam" or (kind == "auto" and path.is_dir()):
+        if kind == "auto" and not any((path / name).is_file() for name in IAM_LISTINGS):
+            raise EvalDataError(f"{path}: a folder without lines.txt or ascii/lines.txt; expected {LABELLED_KINDS}")
+        return iam_rows(path, ok_only=ok_only)
+    raise FileNotFoundError(f"{path}: no such file or folder; expected {LABELLED_KINDS}")
+
+
+def _fetch_labelled(uri: str, cache: Path, *, download: bool) -> Path:
+    """The local copy of an s3:// labelled set under ``cache``, fetched afresh (unless ``download`` is
+    False), its keys mirrored below one folder per URI."""
+    bucket, key = storage.split_s3(uri)
+    key = key.strip("/")
+    root = cache / "labelled" / hashlib.sha256(uri.encode()).hexdigest()[:12]
+    local = root / key if key else root
+    if not download:
+        return local
+    try:
+        storage.download(uri, local)
+    except storage.StorageError as e:
+        raise EvalDataError(f"{e}; expected {LABELLED_KINDS}") from e
+    if local.is_file():
+        _fetch_tsv_images(uri, bucket, key, root, local)
+    return local
+
+
+def _fetch_tsv_images(uri: str, bucket: str, key: str, root: Path, tsv: Path) -> None:
+    """Download the images a TSV on S3 names, relative to its key, to the same places under ``root``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted: dict[str, tuple[int, str]] = {}
+    for n, name, _ in _tsv_entries(tsv):
+        if os.path.isabs(name):
+            continue  # a local path, checked as the rows are read
+        k = posixpath.normpath(posixpath.join(posixpath.dirname(key), name))
+        if k == ".." or k.startswith("../"):
+            raise EvalDataError(f"{uri}, row {n}: image {name!r} lies outside the bucket {bucket}")
+        wanted.setdefault(k, (n, name))
+
+    def fetch(k: str) -> None:
+        n, name = wanted[k]
+        try:
+            storage.download(f"s3://{bucket}/{k}", root / k)
+        except storage.StorageError as e:
+            raise EvalDataError(f"{uri}, row {n}: image {name!r} could not be fetched ({e})") from e
+
+    with ThreadPoolExecutor(FETCH_THREADS) as pool:
+        list(pool.map(fetch, wanted))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,12 +425,14 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike, worst: int = 20
 
 
 def evaluate_split(model_pt: str | os.PathLike, stores: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                   *, step: StepTracking | None = None) -> dict[str, Any]:
+                   *, step: StepTracking | None = None, real_val: str = "") -> dict[str, Any]:
     """The pipeline's evaluate step: CER/WER on the fixed test split of ``stores``, an HTML report and a
-    picture of the worst lines in ``out_dir``, all logged to the step's MLflow run.
+    picture of the worst lines in ``out_dir``, all logged to the step's MLflow run. With ``real_val`` (a
+    labelled real set, see :func:`real_samples`) that set is scored too, reported under ``out_dir/real_val``.
 
-    Returns ``cer``, ``wer``, ``n``, ``eval_set_hash`` (what the promotion gate compares on) and
-    ``report`` (the HTML file).
+    Returns ``cer``, ``wer``, ``n``, ``eval_set_hash`` (what the promotion gate compares on),
+    ``report`` (the HTML file) and, with ``real_val``, ``real_val_cer``, ``real_val_wer``, ``real_val_n``
+    and ``real_val_hash`` (the gate compares on these when the champion was scored on the same set).
     """
     import mlflow
 
@@ -323,18 +442,30 @@ def evaluate_split(model_pt: str | os.PathLike, stores: Sequence[str | os.PathLi
     step = step or tracking.StepTracking()
     samples = split_samples(stores)
     eval_hash = eval_set_hash(samples)
+    real = list(real_samples(real_val)) if real_val else []  # a bad source fails before anything is logged
+    real_hash = eval_set_hash(real) if real else ""
+    tags = {tracking.TAG_EVAL_SET: eval_hash, **({tracking.TAG_REAL_VAL_SET: real_hash} if real else {})}
     # The step's run spans the evaluation itself, so its wall time in MLflow is the step's.
     with tracking.step_run("evaluate", step.pipeline_run_id, tracking_uri=step.uri, experiment=step.experiment,
-                           tags={tracking.TAG_EVAL_SET: eval_hash}) as run_id:
+                           tags=tags) as run_id:
         report = evaluate(model_pt, samples,
                           source=f"{TEST_SPLIT} split of {', '.join(Path(p).name for p in stores)}")
         out = Path(out_dir)
         html_path = write_report(report, out)
         grid = save_prediction_grid(report.rows, out / "predictions.png")
         scores = {"test_cer": report.cer, "test_wer": report.wer, "test_n": report.n}
-        mlflow.log_metrics(scores)
         for f in (html_path, out / "report.json", grid):
             mlflow.log_artifact(str(f))
+        result: dict[str, Any] = {"cer": report.cer, "wer": report.wer, "n": report.n,
+                                  "eval_set_hash": eval_hash, "report": str(html_path)}
+        if real:
+            real_report = evaluate(model_pt, real, source=real_val)
+            real_page = write_report(real_report, out / "real_val")
+            scores.update(real_val_cer=real_report.cer, real_val_wer=real_report.wer, real_val_n=real_report.n)
+            for f in (real_page, out / "real_val" / "report.json"):
+                mlflow.log_artifact(str(f), artifact_path="real_val")
+            result.update(real_val_cer=real_report.cer, real_val_wer=real_report.wer, real_val_n=real_report.n,
+                          real_val_hash=real_hash, real_val_report=str(real_page))
+        mlflow.log_metrics(scores)
         tracking.log_to_parent(run_id, scores, tracking_uri=step.uri)
-    return {"cer": report.cer, "wer": report.wer, "n": report.n, "eval_set_hash": eval_hash,
-            "report": str(html_path)}
+    return result

@@ -29,6 +29,8 @@ from textrec.tracking.runs import (
     TAG_GIT,
     TAG_PARENT,
     TAG_PIPELINE_RUN,
+    TAG_REAL_VAL_CER,
+    TAG_REAL_VAL_SET,
     TAG_STEP,
     TAG_TEST_CER,
     StepTracking,
@@ -53,7 +55,8 @@ from textrec.tracking.server import (
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "EXPERIMENT", "MODEL_NAME", "PARENT_STEP", "TAG_DATASET", "TAG_EVAL_SET",
-    "TAG_GIT", "TAG_PARENT", "TAG_PIPELINE_RUN", "TAG_STEP", "TAG_TEST_CER", "Decision",
+    "TAG_GIT", "TAG_PARENT", "TAG_PIPELINE_RUN", "TAG_REAL_VAL_CER", "TAG_REAL_VAL_SET",
+    "TAG_STEP", "TAG_TEST_CER", "Decision",
     "MlflowServer", "StepTracking", "TrackingError", "mlflow_client", "compare", "download_champion",
     "download_model", "ensure_experiment", "git_commit", "log_model_version", "log_to_parent",
     "parent_run", "promote", "register_challenger", "resolve_tracking_uri", "running_local_server",

@@ -13,7 +13,7 @@ from typing import Any
 
 from textrec.metrics import numeric
 from textrec.rundir import CONFIG, METRICS
-from textrec.tracking.runs import mlflow_client, resolve_tracking_uri
+from textrec.tracking.runs import TAG_REAL_VAL_SET, mlflow_client, resolve_tracking_uri
 from textrec.training.callbacks import Callback
 
 
@@ -30,7 +30,8 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class MlflowCallback(Callback):
-    """The training run's config (params), per-epoch metrics and final files, logged to one MLflow run.
+    """The training run's config (params), per-epoch metrics (every number in the history: ``val_cer``,
+    ``real_val_cer``, ...) and final files, logged to one MLflow run.
 
     Failures to reach MLflow are warned about, never raised: a tracking outage must not end a
     long training run.
@@ -81,6 +82,8 @@ class MlflowCallback(Callback):
             now = int(time.time() * 1000)
             client.log_batch(self.run_id, metrics=[Metric(f"final_{k}", v, now, 0)
                                                    for k, v in numeric(metrics).items()])
+            if metrics.get("real_val_hash"):  # which real lines real_val_cer was measured on
+                client.set_tag(self.run_id, TAG_REAL_VAL_SET, metrics["real_val_hash"])
             out = Path(trainer.out_dir)
             for name in (METRICS, CONFIG):
                 if (out / name).is_file():

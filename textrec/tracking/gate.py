@@ -2,16 +2,19 @@
 
 :func:`promote` compares the challenger's test CER with the champion's on the *same* evaluation set
 (every version records the hash of the set it was scored on); a champion scored on another set is
-re-evaluated on the challenger's set, or not promoted over, with the reason said.
+re-evaluated on the challenger's set, or not promoted over, with the reason said. When both were also
+scored on the same labelled real set (``real_val``, same hash), their ``real_val_cer`` decides instead:
+real handwriting says more than synthetic lines. The decision names the metric that decided.
 :func:`register_challenger` is the pipeline's register step: log the model, register it, decide.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,8 @@ from textrec.tracking.runs import (
     TAG_EVAL_SET,
     TAG_GIT,
     TAG_PIPELINE_RUN,
+    TAG_REAL_VAL_CER,
+    TAG_REAL_VAL_SET,
     TAG_TEST_CER,
     StepTracking,
     git_commit,
@@ -42,6 +47,7 @@ class Decision:
     champion_version: str | None = None
     champion_cer: float | None = None
     margin: float = 0.0
+    metric: str = "test_cer"  # what challenger_cer and champion_cer are: test_cer or real_val_cer
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,28 +69,55 @@ def compare(challenger_cer: float, champion_cer: float, margin: float) -> tuple[
 
 def promote(model_name: str, version: str, *, challenger_cer: float, eval_hash: str,
             margin: float = 0.0, reevaluate: Callable[[Path], float] | None = None,
-            tracking_uri: str | None = None) -> Decision:
+            tracking_uri: str | None = None, real_val_cer: float | None = None,
+            real_val_hash: str = "") -> Decision:
     """The promotion gate: move ``champion`` to ``version`` if it beats the champion on the same set.
 
-    The champion's CER counts only if it was measured on the evaluation set with hash ``eval_hash``.
-    Otherwise ``reevaluate(champion_model_pt) -> cer`` measures it on the challenger's set; without
-    ``reevaluate`` the gate refuses to promote and says why. The decision is recorded on the version.
+    With ``real_val_cer`` and ``real_val_hash`` (the challenger's CER on a labelled real set) and a
+    champion that recorded a CER on the set of that same hash, those two CERs decide, by ``margin``.
+    Otherwise the test CERs do: the champion's counts only if it was measured on the evaluation set
+    with hash ``eval_hash``; if not, ``reevaluate(champion_model_pt) -> cer`` measures it on the
+    challenger's set, and without ``reevaluate`` the gate refuses to promote and says why. The
+    decision (and the metric that made it) is recorded on the version.
     """
     client = mlflow_client(tracking_uri)
     client.set_model_version_tag(model_name, version, TAG_TEST_CER, f"{challenger_cer:.6f}")
     client.set_model_version_tag(model_name, version, TAG_EVAL_SET, eval_hash)
+    real = bool(real_val_hash) and real_val_cer is not None and math.isfinite(real_val_cer) and real_val_cer >= 0
+    if real:
+        client.set_model_version_tag(model_name, version, TAG_REAL_VAL_SET, real_val_hash)
+        client.set_model_version_tag(model_name, version, TAG_REAL_VAL_CER, f"{real_val_cer:.6f}")
     champ = alias_version(client, model_name, CHAMPION)
     base: dict[str, Any] = {"model_name": model_name, "version": str(version), "challenger_cer": challenger_cer,
                             "margin": margin}
     if champ is None or str(champ.version) == str(version):
-        decision = Decision(True, f"no champion yet: version {version} becomes the champion", **base)
+        first = {**base, "challenger_cer": real_val_cer, "metric": "real_val_cer"} if real else base
+        decision = Decision(True, f"no champion yet: version {version} becomes the champion", **first)
+    elif (real and real_val_cer is not None and champ.tags.get(TAG_REAL_VAL_SET) == real_val_hash
+          and TAG_REAL_VAL_CER in champ.tags):
+        decision = _on_real_set(champ, base, real_val_cer, real_val_hash)
     else:
         decision = _against_champion(client, champ, base, eval_hash, reevaluate, tracking_uri)
+        if real:
+            decision = replace(decision, reason=f"{decision.reason} (on test CER: the champion has "
+                                           f"no CER on the real set {real_val_hash[:12]})")
     if decision.promoted:
         client.set_registered_model_alias(model_name, CHAMPION, str(version))
     client.set_model_version_tag(model_name, version, "textrec.promoted", str(decision.promoted).lower())
     client.set_model_version_tag(model_name, version, "textrec.promotion_reason", decision.reason[:5000])
+    client.set_model_version_tag(model_name, version, "textrec.promotion_metric", decision.metric)
     return decision
+
+
+def _on_real_set(champ, base: dict[str, Any], real_val_cer: float, real_hash: str) -> Decision:
+    """Challenger and champion were both scored on the labelled real set ``real_hash``: its CER decides."""
+    cv = str(champ.version)
+    champ_cer = float(champ.tags[TAG_REAL_VAL_CER])
+    promoted, why = compare(real_val_cer, champ_cer, base["margin"])
+    return Decision(promoted, f"version {base['version']} vs champion version {cv} on the real set "
+                              f"{real_hash[:12]} (real_val_cer): {why}",
+                    **{**base, "challenger_cer": real_val_cer}, champion_version=cv, champion_cer=champ_cer,
+                    metric="real_val_cer")
 
 
 def _against_champion(client, champ, base: dict[str, Any], eval_hash: str,
@@ -111,11 +144,14 @@ def _against_champion(client, champ, base: dict[str, Any], eval_hash: str,
 def register_challenger(model_pt: str | os.PathLike, stores: Sequence[str | os.PathLike], *, test_cer: float,
                         eval_hash: str, model_name: str = MODEL_NAME, margin: float = 0.0,
                         step: StepTracking = StepTracking(),  # noqa: B008 (frozen)
-                        decision_path: str | os.PathLike | None = None) -> Decision:
+                        decision_path: str | os.PathLike | None = None, real_val_cer: float | None = None,
+                        real_val_hash: str = "") -> Decision:
     """Log and register the model (alias ``challenger``), then let the gate decide ``champion``.
 
-    A champion scored on another set is re-scored on the test split of ``stores``. The decision is
-    logged with the step's run as ``decision.json`` and, with ``decision_path``, written there too.
+    With ``real_val_cer``/``real_val_hash`` (the evaluate step's score on a labelled real set; an empty
+    hash means none) a champion scored on the same real set is compared on it. Otherwise a champion
+    scored on another test set is re-scored on the test split of ``stores``. The decision is logged
+    with the step's run as ``decision.json`` and, with ``decision_path``, written there too.
     """
     import mlflow
 
@@ -132,8 +168,12 @@ def register_challenger(model_pt: str | os.PathLike, stores: Sequence[str | os.P
                 TAG_DATASET: describe_stores(stores)["content_hash"]}
         version = log_model_version(model_pt, run_id, model_name=model_name, tags=tags, tracking_uri=uri)
         decision = promote(model_name, version, challenger_cer=test_cer, eval_hash=eval_hash,
-                           margin=margin, reevaluate=reevaluate, tracking_uri=uri)
-        mlflow.log_metrics({"promoted": float(decision.promoted), "challenger_cer": test_cer})
+                           margin=margin, reevaluate=reevaluate, tracking_uri=uri,
+                           real_val_cer=real_val_cer, real_val_hash=real_val_hash)
+        scores = {"promoted": float(decision.promoted), "challenger_cer": test_cer}
+        if real_val_hash and real_val_cer is not None and real_val_cer >= 0:
+            scores["challenger_real_val_cer"] = real_val_cer
+        mlflow.log_metrics(scores)
         mlflow.log_dict(decision.to_dict(), "decision.json")
         if decision_path:
             write_json(decision_path, decision.to_dict())

@@ -86,14 +86,17 @@ class EarlyStopping(Callback):
                                  f"(best {self.best:.4f})")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "waited": self.waited}
+        return {"best": self.best, "waited": self.waited, "monitor": self.monitor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("monitor", "val_cer") != self.monitor:
+            return  # a best value of another metric says nothing about this one
         self.best, self.waited = float(state["best"]), int(state["waited"])
 
 
 class BestCheckpoint(Callback):
-    """Write ``OUT/checkpoints/best.pt`` whenever ``monitor`` reaches a new low."""
+    """Write ``OUT/checkpoints/best.pt`` whenever ``monitor`` reaches a new low (the trainer monitors
+    ``real_val_cer`` when the run has labelled real lines, ``val_cer`` otherwise)."""
 
     def __init__(self, monitor: str = "val_cer") -> None:
         self.monitor, self.best, self.best_epoch = monitor, math.inf, -1
@@ -109,9 +112,11 @@ class BestCheckpoint(Callback):
         trainer.save_checkpoint(self.path(trainer))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        return {"best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("monitor", "val_cer") != self.monitor:
+            return  # resumed with another metric to watch: its first value makes the next best.pt
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
 
 
@@ -157,7 +162,8 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         self.close()
-        shown = {k: metrics[k] for k in ("train_loss", "val_cer", "val_wer", "lines_per_s") if k in metrics}
+        shown = {k: metrics[k] for k in ("train_loss", "val_cer", "val_wer", "real_val_cer", "real_val_wer",
+                                         "lines_per_s") if k in metrics}
         text = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
         trainer.log(f"epoch {epoch + 1}: {text}")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from textrec import config as configlib
-from textrec.decoding import DEFAULT_BEAM
+from textrec.decoding import DEFAULT_BEAM, DEFAULT_LEXICON_SIZE, LEXICONS
 from textrec.stem import StemConfig
 
 DATA_MODES = ("pool", "online", "store")
@@ -30,6 +30,9 @@ class DataConfig:
     afresh in the DataLoader workers (line i of epoch e is a pure function of seed, e and i).
     Validation and test lines are always a fixed synthetic store (``pool``/``online``) or the stores'
     own splits (``store``). ``optional_stores`` are added when they exist (IAM, say) and skipped otherwise.
+    ``real_val`` names a labelled set of real lines (a TSV of ``image<TAB>text`` rows, an IAM lines folder,
+    or an s3:// URI of either; see :func:`textrec.evaluate.real_samples`): scored every epoch as
+    ``real_val_cer``, it then picks the best checkpoint instead of the synthetic val CER.
     """
 
     mode: str = "pool"
@@ -47,6 +50,8 @@ class DataConfig:
     bucket_batches: int = 32  # batches per width-sorted chunk: bigger cuts padding, smaller mixes more
     num_workers: int = 1
     synth_workers: int = 0  # processes that render a pool; 0: all cores
+    synth: dict[str, Any] = field(default_factory=dict)  # SynthConfig overrides, e.g. data.synth.pen_p=0.3
+    real_val: str = ""  # labelled real lines scored every epoch: TSV, IAM lines folder or s3:// URI; "": none
 
     def __post_init__(self) -> None:
         if self.mode not in DATA_MODES:
@@ -55,6 +60,13 @@ class DataConfig:
             raise ValueError("data.mode=store needs data.stores (paths or s3:// URIs of line stores)")
         if self.batch_size < 1 or self.bucket_batches < 1:
             raise ValueError("data.batch_size and data.bucket_batches must be at least 1")
+        if not isinstance(self.real_val, str) or (self.real_val and not self.real_val.strip()):
+            raise ValueError(f"data.real_val must be a path or s3:// URI of a labelled set (or empty), "
+                             f"got {self.real_val!r}")
+        if self.synth:
+            from textrec.data.synth import SynthConfig
+
+            SynthConfig.from_mapping(self.synth)  # an unknown key or a bad value fails as the config loads
 
 
 @dataclass(frozen=True)
@@ -84,7 +96,7 @@ class OptimConfig:
 class LoopConfig:
     epochs: int = 10
     max_minutes: float = 0.0  # stop cleanly (checkpoint, evaluate, artifact) after this; 0: no limit
-    patience: int = 0  # epochs without a better val CER before stopping; 0: never stop early
+    patience: int = 0  # epochs without a better val CER (real_val CER with data.real_val); 0: never stop
     checkpoint_every_steps: int = 200
     seed: int = 0
     amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU
@@ -105,18 +117,34 @@ class DecodeConfig:
 
     Greedy always; with ``lm_order`` > 0 also beam search of width ``beam``: with an LM at each of
     ``lm_weights`` for a model that uses one (``LineModel.uses_lm``), a single plain pass otherwise.
+    Each of ``word_weights`` then adds a word LM (``lexicon``: one of
+    :data:`textrec.decoding.LEXICONS`, ``lexicon_size`` words from wordfreq) to the best of those LM
+    weights. The chosen decoder is the one with the lowest CER on ``real_val`` when the data has that
+    set (real handwriting), else on ``val``.
     """
 
     beam: int = DEFAULT_BEAM
     lm_order: int = 0  # character n-gram LM from the training texts; 0: no LM and no beam search, greedy only
     lm_weights: tuple[float, ...] = (0.3, 0.6)
+    word_weights: tuple[float, ...] = ()  # word LM weights to try; (): no word LM
+    lexicon: str = "wordfreq"  # the word LM's words: wordfreq, wordfreq+texts (training texts' too), texts
+    lexicon_size: int = DEFAULT_LEXICON_SIZE  # most frequent wordfreq words kept
 
     def __post_init__(self) -> None:
         if isinstance(self.beam, bool) or not isinstance(self.beam, int) or self.beam < 1:
             raise ValueError(f"decode.beam must be an integer >= 1, got {self.beam!r}")
-        bad = [w for w in self.lm_weights if not w >= 0]
-        if bad:
-            raise ValueError(f"decode.lm_weights must be >= 0, got {list(self.lm_weights)}")
+        for name in ("lm_weights", "word_weights"):
+            weights = getattr(self, name)
+            if any(isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < float("inf")
+                   for w in weights):
+                raise ValueError(f"decode.{name} must be >= 0, got {list(weights)} (finite numbers)")
+        if self.lexicon not in LEXICONS:
+            raise ValueError(f"decode.lexicon must be one of {', '.join(LEXICONS)}, got {self.lexicon!r}")
+        size = self.lexicon_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"decode.lexicon_size must be an integer >= 1, got {size!r}")
+        if any(self.word_weights) and self.lm_order <= 0:
+            raise ValueError("decode.word_weights need beam search: set decode.lm_order > 0 too")
 
 
 @dataclass(frozen=True)

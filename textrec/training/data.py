@@ -17,7 +17,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -168,6 +168,55 @@ class RenderedLines(Dataset):
         return self.stem(image, rng=rng, augment=self.augment), text
 
 
+class LabelledLines(Dataset):
+    """A labelled set of real lines (``data.real_val``) through the stem, never augmented.
+
+    Rows are ``(image path, truth, name)`` (:func:`textrec.evaluate.labelled_rows`). Every image is
+    read once here, so an unreadable one or a text the charset cannot write fails before training;
+    ``hash`` is :func:`textrec.evaluate.eval_set_hash` of the set, the same hash the evaluate step and
+    the promotion gate compute. Images are read again per item, so memory stays flat.
+    """
+
+    def __init__(self, rows: Sequence[tuple[Path, str, str]], stem: LineStem, charset: Charset, *,
+                 source: str = "") -> None:
+        from textrec.evaluate import _read_rows, eval_set_hash
+
+        self.paths = [Path(r[0]) for r in rows]
+        self.names = [r[2] for r in rows]
+        self.texts = [charset.normalise(r[1]) for r in rows]
+        self.stem, self.source = stem, source
+        sizes: list[tuple[int, int]] = []
+
+        def read() -> Iterator[Any]:
+            for sample in _read_rows(list(rows), source or "labelled lines"):
+                sizes.append(sample[0].shape[:2])
+                yield sample
+
+        self.hash = eval_set_hash(read())
+        self.heights = np.array([h for h, _ in sizes], dtype=np.float64)
+        self.widths = np.array([w for _, w in sizes], dtype=np.float64)
+        bad = [(n, t, charset.unknown(t)) for n, t in zip(self.names, self.texts, strict=True) if charset.unknown(t)]
+        if bad:
+            chars = "".join(sorted({c for _, _, u in bad for c in u}))
+            name, text, _ = bad[0]
+            raise ValueError(f"{source}: {len(bad)} of {len(rows)} lines hold characters the model cannot write "
+                             f"({chars!r}), e.g. {name}: {text!r}; the charset is {charset.chars!r}. Fix or "
+                             "drop those lines")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def lengths(self, epoch: int = 0) -> np.ndarray:
+        """Widths after scaling to the stem's height (before its ink crop): what batch padding follows."""
+        return self.widths * self.stem.config.height / np.maximum(1.0, self.heights)
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, str]:
+        from textrec.recognizer import read_image
+
+        _, i = _split_key(key)
+        return self.stem(read_image(self.paths[i])), self.texts[i]
+
+
 def bucket_batches(lengths: np.ndarray, batch_size: int, *, rng: np.random.Generator | None,
                    bucket_batches: int = 32) -> list[list[int]]:
     """Batches of indices with similar lengths; shuffled when ``rng`` is given, in width order if not.
@@ -292,7 +341,7 @@ def pool_path(cfg: Any, out_dir: Path) -> Path:
     d = cfg.data
     fonts = [f.name for f in discover_fonts([Path(p) for p in d.fonts_dirs])]  # installing a font renews it
     key = json.dumps({"n": _pool_size(d), "seed": d.seed, "fonts": fonts, "corpus": d.corpus,
-                      "synth": asdict(SynthConfig())}, sort_keys=True, default=str)
+                      "synth": SynthConfig.from_mapping(d.synth).recipe()}, sort_keys=True, default=str)
     return _cache_dir(cfg, out_dir) / f"pool-{hashlib.sha256(key.encode()).hexdigest()[:16]}.h5"
 
 
@@ -302,7 +351,7 @@ def _pool_size(d: Any) -> int:
 
 
 def _render_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
-    from textrec.data.synth import synthesize
+    from textrec.data.synth import SynthConfig, synthesize
 
     if path.is_file():
         log(f"using the synthetic pool {path}")
@@ -311,7 +360,7 @@ def _render_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
     log(f"rendering a pool of {_pool_size(d)} synthetic lines into {path}")
     synthesize(_pool_size(d), path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
                workers=d.synth_workers or None, corpus=Path(d.corpus) if d.corpus else None,
-               progress=cfg.loop.progress)
+               config=SynthConfig.from_mapping(d.synth), progress=cfg.loop.progress)
 
 
 def _local_stores(uris: Sequence[str], cache: Path) -> list[Path]:
@@ -344,9 +393,11 @@ def build_data(cfg: Any, out_dir: Path, charset: Charset, stem: LineStem, env: A
 
     Optional stores that exist add their training lines to the training set and their val/test
     splits as extra evaluation sets named ``<file stem>_<split>`` (``iam_test``, say).
+    ``data.real_val`` adds the evaluation set ``real_val`` (labelled real lines, in every mode).
     """
     d = cfg.data
     cache = _cache_dir(cfg, out_dir)
+    real_val = _real_val(cfg, cache, charset, stem, env) if d.real_val else None  # a bad one fails in seconds
     optional = _present(d.optional_stores)
     for uri in sorted(set(d.optional_stores) - set(optional)):
         log(f"optional line store {uri} not found; training without it")
@@ -376,11 +427,27 @@ def build_data(cfg: Any, out_dir: Path, charset: Charset, stem: LineStem, env: A
             ds = StoreLines([store], split, stem)
             if len(ds):
                 data.evals[f"{Path(uri).stem}_{split}"] = ds
+    if real_val is not None:
+        data.evals["real_val"] = real_val
     if len(data.train) == 0:
         raise ValueError(f"no training lines (data.mode={d.mode}, stores={uris})")
     if "val" not in data.evals:
         raise ValueError(f"no validation lines (data.mode={d.mode}, stores={uris}); a 'val' split is needed")
     return data
+
+
+def _real_val(cfg: Any, cache: Path, charset: Charset, stem: LineStem, env: Any) -> LabelledLines:
+    """``data.real_val`` as an evaluation set; an s3:// set is fetched into the cache once per node."""
+    from textrec.evaluate import labelled_rows
+
+    source = cfg.data.real_val
+    where = f"data.real_val={source}"
+    try:
+        _once_per_node(env, lambda: labelled_rows(source, cache_dir=cache))
+        rows = labelled_rows(source, cache_dir=cache, download=False)
+        return LabelledLines(rows, stem, charset, source=where)
+    except (OSError, ValueError) as e:
+        raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from e
 
 
 def _texts(ds: Any) -> list[str]:
@@ -410,18 +477,22 @@ def _online_data(cfg: Any, stem: LineStem) -> TrainData:
     """Training lines rendered afresh each epoch; fixed rendered val/test sets (held-out fonts for
     ``test_unseen_font``)."""
     from textrec.data.fonts import discover_fonts, split_fonts
+    from textrec.data.pen import split_pen_faces
     from textrec.data.synth import LineRenderer, SynthConfig
     from textrec.data.text import open_text_source
 
     d = cfg.data
+    synth = SynthConfig.from_mapping(d.synth)
     train_fonts, held_out = split_fonts(discover_fonts([Path(p) for p in d.fonts_dirs]))
-    source = open_text_source(Path(d.corpus) if d.corpus else None)
-    seen = _RenderImage(LineRenderer(SynthConfig(), train_fonts))
+    train_faces, held_out_faces = split_pen_faces()
+    source = open_text_source(Path(d.corpus) if d.corpus else None, iam_spacing_p=synth.iam_spacing_p)
+    seen = _RenderImage(LineRenderer(synth, train_fonts, train_faces))
     train = RenderedLines(d.train_lines, source.sample, seen, stem, seed=d.seed, augment=True)
     evals: dict[str, LineSet] = {}
     for k, (split, n) in enumerate([("val", d.val_lines), ("test", d.test_lines),
                                     ("test_unseen_font", d.unseen_font_lines)], start=1):
-        render = _RenderImage(LineRenderer(SynthConfig(), held_out)) if split == "test_unseen_font" else seen
+        render = _RenderImage(LineRenderer(synth, held_out, held_out_faces)) if split == "test_unseen_font" \
+            else seen
         if n > 0 and (held_out or split != "test_unseen_font"):
             evals[split] = RenderedLines(n, source.sample, render, stem, seed=d.seed + 1_000_003 * k,
                                          vary_by_epoch=False)

@@ -46,6 +46,7 @@ class TrainRequest:
     store_uris: tuple[str, ...] = ()  # the stores as the nodes of a multi-node job can reach them
     job_node_selector: Mapping[str, str] = field(default_factory=dict)  # where a multi-node job's pods go
     job_env: Mapping[str, str] = field(default_factory=dict)
+    real_val: str = ""  # labelled real lines scored every epoch (data.real_val); "": the config's own
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,9 @@ MultiNodeLauncher = Callable[[MultiNodeLaunch], None]
 
 
 def train_config(config: str | Mapping[str, Any], stores: Sequence[str], *, epochs: int = 0,
-                 overrides: Sequence[str] = ()) -> TrainConfig:
-    """A TrainConfig from YAML text (or its dict), set to train on ``stores``, then ``overrides``."""
+                 overrides: Sequence[str] = (), real_val: str = "") -> TrainConfig:
+    """A TrainConfig from YAML text (or its dict), set to train on ``stores`` (and, with ``real_val``,
+    to score that labelled real set every epoch), then ``overrides``."""
     import yaml
 
     parsed = yaml.safe_load(config) if isinstance(config, str) else config
@@ -69,6 +71,8 @@ def train_config(config: str | Mapping[str, Any], stores: Sequence[str], *, epoc
         raise ValueError(f"training config: expected a YAML mapping of sections, got {type(parsed).__name__}")
     data = to_dict(dict(parsed or {}))
     data["data"] = {**data.get("data", {}), "mode": "store", "stores": [str(s) for s in stores]}
+    if real_val:
+        data["data"]["real_val"] = real_val
     if epochs > 0:
         data["loop"] = {**data.get("loop", {}), "epochs": epochs}
     try:
@@ -128,7 +132,7 @@ def train_from_request(req: TrainRequest, model_dir: str | os.PathLike, *,
     """
     from textrec.data.store import describe_stores
 
-    cfg = train_config(req.config, req.stores, epochs=req.epochs, overrides=req.overrides)
+    cfg = train_config(req.config, req.stores, epochs=req.epochs, overrides=req.overrides, real_val=req.real_val)
     ckpt = checkpoint_location(req.checkpoint_root, req.step.pipeline_run_id)
     dataset_hash = describe_stores(req.stores)["content_hash"]
     uri = req.step.uri
@@ -172,6 +176,9 @@ def _train_multi_node(req: TrainRequest, cfg: TrainConfig, ckpt: str, run_id: st
     if len(req.store_uris) != len(req.stores) or not all(storage.is_s3(u) for u in req.store_uris):
         raise ValueError("nodes > 1 needs the line stores on S3 (a pipeline root in S3/MinIO) so that every "
                          f"node can read them; got {list(req.store_uris)}")
+    if cfg.data.real_val and not storage.is_s3(cfg.data.real_val):
+        raise ValueError(f"nodes > 1 needs data.real_val on S3 so that every node can read it; got "
+                         f"{cfg.data.real_val!r}")
     cfg = replace(cfg, **{"data.stores": tuple(req.store_uris)})
     args = entry_args(cfg, "/tmp/textrec-train", ckpt, run_id, tracking.resolve_tracking_uri(req.step.uri))
     launcher(MultiNodeLaunch(req, args))

@@ -9,7 +9,8 @@ What happens, in order:
    registry with the same seed on every rank; dropout then draws from a per-rank seed.
 3. Each epoch: width-bucketed batches (this rank's share), bf16 autocast on CUDA, gradient clipping,
    a per-step LR schedule; ``OUT/checkpoints/last.pt`` every ``loop.checkpoint_every_steps`` steps and
-   at the end of the epoch; validation CER on every rank's share, summed over ranks.
+   at the end of the epoch; validation CER on every rank's share, summed over ranks (and on
+   ``real_val``, labelled real lines, when ``data.real_val`` names some: it then picks the best checkpoint).
 4. Rank 0 runs the callbacks (progress, time budget, early stopping, best checkpoint, tracking); a stop
    request from any of them reaches every rank before the next step.
 5. At the end the best weights are reloaded, the decoder is chosen on val (greedy, or beam search:
@@ -53,7 +54,15 @@ from textrec.training.checkpoint import (
     set_rng_state,
 )
 from textrec.training.config import TrainConfig
-from textrec.training.data import BucketBatchSampler, Collate, LineSet, TrainData, build_data, eval_batches
+from textrec.training.data import (
+    BucketBatchSampler,
+    Collate,
+    LabelledLines,
+    LineSet,
+    TrainData,
+    build_data,
+    eval_batches,
+)
 
 STOP_CHECK_EVERY = 10  # steps between the all-rank stop votes (one tiny all-reduce each)
 
@@ -126,6 +135,8 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.data: TrainData = build_data(cfg, self.out_dir, self.charset, self.stem, self.env, log=self.log)
+        # Real handwriting, when the run has some, judges the checkpoints; synthetic val otherwise.
+        self.monitor = "real_val_cer" if "real_val" in self.data.evals else "val_cer"
         self._build_model()
         self.sampler = BucketBatchSampler(self.data.train.lengths, cfg.data.batch_size, seed=cfg.data.seed,
                                           bucket_batches=cfg.data.bucket_batches, rank=self.rank,
@@ -178,9 +189,9 @@ class Trainer:
 
     def _default_callbacks(self) -> list[Callback]:
         loop = self.config.loop
-        cbs: list[Callback] = [BestCheckpoint()]
+        cbs: list[Callback] = [BestCheckpoint(self.monitor)]
         if loop.patience > 0:
-            cbs.append(EarlyStopping(loop.patience))
+            cbs.append(EarlyStopping(loop.patience, monitor=self.monitor))
         if loop.max_minutes > 0:
             cbs.append(TimeBudget(loop.max_minutes))
         if loop.progress:
@@ -330,7 +341,10 @@ class Trainer:
             finished = self.step_in_epoch >= self.steps_per_epoch
             # A stop mid-epoch (the time budget, say) still validates: the last weights, trained at the
             # lowest learning rate, are often the best ones. The position is kept for a resume.
-            metrics.update({f"val_{k}": v for k, v in self.score(self.data.evals["val"]).items() if k != "n"})
+            for split in ("val", "real_val"):
+                if split in self.data.evals:
+                    metrics.update({f"{split}_{k}": v for k, v in self.score(self.data.evals[split]).items()
+                                    if k != "n"})
             metrics.update(epoch=self.epochs_done(), step=self.step, elapsed_s=self.elapsed())
             self.history.append(metrics)
             if finished:
@@ -379,36 +393,67 @@ class Trainer:
             self.model.load_state_dict(state)
 
     def choose_decoder(self) -> tuple[DecoderSpec, CharNgramLM | None, dict[str, float]]:
-        """The decoder with the lowest val CER: (spec, the LM it uses or None, CER of each one tried).
+        """The decoder with the lowest CER on ``real_val`` (real handwriting) when the data has that set,
+        else on ``val``: (spec, the LM it uses or None, CER of each one tried).
 
         With ``decode.lm_order`` 0 that is greedy. Otherwise beam search of width ``decode.beam`` is
         tried too: for a model that ``uses_lm``, with a character LM fitted on the training texts at
         each of ``decode.lm_weights``; for one that does not, as a single plain pass, since an LM
         weight would change nothing and its search (e.g. resnet_transformer's length-normalised
-        beam over its own autoregressive decoder) can still find better lines than greedy.
+        beam over its own autoregressive decoder) can still find better lines than greedy. For a model
+        that uses an LM, each of ``decode.word_weights`` then adds a word LM (``decode.lexicon``) to
+        the best of those beam searches; a chosen word LM travels in the returned LM's ``words``.
         """
+        from textrec.decoding import WordLM
+
         d = self.config.decode
         greedy = DecoderSpec()
         if d.lm_order <= 0:
             return greedy, None, {}
-        val = self.data.evals["val"]
-        tried = {greedy.label(): self.score(val)["cer"]}
+        split = "real_val" if "real_val" in self.data.evals else "val"
+        dataset = self.data.evals[split]
+        tried = {greedy.label(): self.score(dataset)["cer"]}
+        best, best_cer = greedy, tried[greedy.label()]
+
+        def attempt(cand: DecoderSpec, cand_lm: CharNgramLM | None) -> float | None:
+            nonlocal best, best_cer
+            try:
+                tried[cand.label()] = c = self.score(dataset, cand, cand_lm)["cer"]
+            except Exception as e:  # noqa: BLE001  (a decoder bug must not cost the trained model)
+                self.log(f"decoder {cand.label()} failed on {split} ({type(e).__name__}: {e}); not used")
+                return None
+            if c < best_cer:
+                best, best_cer = cand, c
+            return c
+
         lm = None
         if self.model.uses_lm:
             lm = CharNgramLM.fit(self.data.lm_texts(), order=d.lm_order, charset=self.charset)
             candidates = [DecoderSpec("beam", d.beam, float(w)) for w in d.lm_weights]
         else:
             candidates = [DecoderSpec("beam", d.beam)]
-        best, best_cer = greedy, tried[greedy.label()]
-        for cand in candidates:
+        beams = {cand: c for cand in candidates if (c := attempt(cand, lm)) is not None}
+        with_words = None
+        if any(d.word_weights) and lm is not None and beams:
+            base = min(beams, key=lambda cand: beams[cand])
             try:
-                tried[cand.label()] = c = self.score(val, cand, lm)["cer"]
-            except Exception as e:  # noqa: BLE001  (a decoder bug must not cost the trained model)
-                self.log(f"decoder {cand.label()} failed on val ({type(e).__name__}: {e}); not used")
-                continue
-            if c < best_cer:
-                best, best_cer = cand, c
-        self.log("decoders on val: " + ", ".join(f"{k} {v:.4f}" for k, v in tried.items()))
+                texts = self.data.lm_texts() if "texts" in d.lexicon else ()
+                words = WordLM.build(d.lexicon, texts, size=d.lexicon_size, charset=self.charset)
+            except Exception as e:  # noqa: BLE001  (a missing word list must not cost the trained model)
+                self.log(f"word LM ({d.lexicon}) could not be built ({type(e).__name__}: {e}); not used")
+            else:
+                carrier = lm if base.lm_weight > 0 else CharNgramLM.uniform(self.charset)
+                with_words = carrier.with_words(words)
+                self.log(f"word LM: {len(words)} words ({d.lexicon}), tried with {base.label()}")
+                for w in d.word_weights:
+                    if w > 0:
+                        attempt(DecoderSpec("beam", d.beam, base.lm_weight, base.insertion_bonus, float(w)),
+                                with_words)
+        elif any(d.word_weights):
+            self.log(f"decode.word_weights not tried: {self.model.name} does not use a language model")
+        self.log(f"decoders on {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in tried.items()))
+        if best.word_weight > 0:
+            return best, with_words, tried
         return best, (lm if best.lm_weight > 0 else None), tried
 
     def finish(self) -> dict[str, Any]:
@@ -429,6 +474,10 @@ class Trainer:
             if decoder.kind != "greedy":
                 metrics[f"{split}_cer_greedy"] = self.score(dataset)["cer"]
         metrics.setdefault("test_cer", None)
+        metrics["selected_by"] = self.monitor  # what picked the best checkpoint
+        real = self.data.evals.get("real_val")
+        if isinstance(real, LabelledLines):
+            metrics.update(real_val_hash=real.hash, real_val_source=self.config.data.real_val)
         metrics["wall_s"] = self.elapsed()  # training, counted across resumes
         metrics["process_wall_s"] = time.perf_counter() - self._created  # this process: data prep included
         if self.is_main:
