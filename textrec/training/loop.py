@@ -13,9 +13,10 @@ What happens, in order:
    ``real_val``, labelled real lines, when ``data.real_val`` names some: it then picks the best checkpoint).
 4. Rank 0 runs the callbacks (progress, time budget, early stopping, best checkpoint, tracking); a stop
    request from any of them reaches every rank before the next step.
-5. At the end the best weights are reloaded, the decoder is chosen on val (greedy, or beam search:
-   with a character LM fitted on the training texts for a model that ``uses_lm``), the test splits
-   are scored, and rank 0 writes ``OUT/model.pt`` and ``OUT/metrics.json``.
+5. At the end the best weights are reloaded, the decoder is chosen on ``real_val`` when present, else
+   on val (greedy, or beam search: for a model that ``uses_lm``, with a character LM fitted on the
+   training texts and, at ``decode.word_weights``, a word lexicon), the test splits are scored, and
+   rank 0 writes ``OUT/model.pt`` and ``OUT/metrics.json``.
 """
 
 from __future__ import annotations
