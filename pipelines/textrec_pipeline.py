@@ -96,7 +96,8 @@ def textrec_pipeline(
     ingest = _s3_credentials(ingest_data(data_source=data_source))
     ingest.set_caching_options(True)
     lines = synthesize_lines(n_lines=synth_lines, seed=seed, emnist_lines=emnist_lines,
-                             source=ingest.outputs["dataset"])
+                             source=ingest.outputs["dataset"], train_config=train_config,
+                             config_overrides=config_overrides)
     lines.set_caching_options(True)
     plan = plan_training(gpus_per_node=gpus_per_node, nodes=nodes, gpu_node_selector=gpu_node_selector)
     plan.set_caching_options(True)

@@ -25,3 +25,16 @@ def test_synthetic_lines_alone_make_a_dataset_with_every_split_and_one_hash(tmp_
     assert {"train", "val", "test", "test_unseen_font"} <= set(info["splits"])
     again = synthesize_dataset(40, tmp_path / "nothing-ingested", tmp_path / "again", seed=1)
     assert again["content_hash"] == info["content_hash"]  # same seed, same lines
+
+
+def test_the_recipes_synthesis_settings_reach_the_rendered_lines(tmp_path):
+    from textrec.training.job import synth_recipe
+
+    recipe = "data:\n  synth:\n    pen_p: 1.0\n"
+    synth = synth_recipe(recipe, overrides=["data.synth.elastic_p=0.5"])
+    assert synth == {"pen_p": 1.0, "elastic_p": 0.5}
+    plain = synthesize_dataset(30, tmp_path / "none", tmp_path / "plain", seed=2)
+    penned = synthesize_dataset(30, tmp_path / "none", tmp_path / "pen", seed=2, synth=synth)
+    assert penned["content_hash"] != plain["content_hash"]
+    with pytest.raises(ValueError, match="pen_q"):
+        synth_recipe("data:\n  synth:\n    pen_q: 1\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,16 @@ def ingest(data_source: str, out_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def synthesize_dataset(n_lines: int, source_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                       seed: int = 0, emnist_lines: int = 0) -> dict[str, Any]:
-    """Synthetic lines, plus EMNIST-lines when EMNIST was ingested and IAM when IAM was: the merged data."""
+                       seed: int = 0, emnist_lines: int = 0, synth: Mapping[str, Any] | None = None
+                       ) -> dict[str, Any]:
+    """Synthetic lines, plus EMNIST-lines when EMNIST was ingested and IAM when IAM was: the merged data.
+    ``synth`` overrides the renderer's settings (a training config's ``data.synth``)."""
     from textrec.data.store import describe_stores
-    from textrec.data.synth import synthesize
+    from textrec.data.synth import SynthConfig, synthesize
 
     src, out = Path(source_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stores = [synthesize(n_lines, out / "synth.h5", seed=seed)]
+    stores = [synthesize(n_lines, out / "synth.h5", seed=seed, config=SynthConfig.from_mapping(synth or {}))]
     if (src / CHARS_FILE).is_file():
         from textrec.data.emnist import compose_lines
 
