@@ -55,7 +55,7 @@ check: lint typecheck
 format: $(STAMP)
 	$(BIN)/ruff format textrec cluster components pipelines serving tests benchmarks docker
 
-# The whole pipeline on this machine (kfp.local): PROFILE=cpu (default, ~25 min on 2 cores) or smoke
+# The whole pipeline on this machine (kfp.local): PROFILE=cpu (default, ~20 min on 2 cores) or smoke
 # (~1-3 min). Without MLFLOW_TRACKING_URI a local MLflow server is started and left running.
 PROFILE ?= cpu
 DATA_SOURCE ?= none
