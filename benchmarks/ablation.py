@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from real import score  # noqa: E402
 
-from textrec.evaluate import _read_rows, iam_rows, tsv_rows  # noqa: E402
+from textrec.evaluate import iam_rows, read_rows, tsv_rows  # noqa: E402
 from textrec.recognizer import Recognizer  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main() -> None:
 
     variants = [parse_variant(v) for v in a.variant]
     rows = iam_rows(a.labels) if a.labels.is_dir() else tsv_rows(a.labels)
-    samples = list(_read_rows(rows, str(a.labels)))
+    samples = list(read_rows(rows, str(a.labels)))
     a.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name, overrides in variants:

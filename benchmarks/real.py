@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from textrec.decoding import DecoderSpec, WordLM
-from textrec.evaluate import _read_rows, evaluate, iam_rows, tsv_rows
+from textrec.evaluate import evaluate, iam_rows, read_rows, tsv_rows
 from textrec.metrics import cer as cer_score
 from textrec.recognizer import Recognizer
 
@@ -81,7 +81,7 @@ def main() -> None:
     a = ap.parse_args()
 
     rows = iam_rows(a.labels) if a.labels.is_dir() else tsv_rows(a.labels)
-    samples = list(_read_rows(rows, str(a.labels)))
+    samples = list(read_rows(rows, str(a.labels)))
     print(f"{len(samples)} labelled lines, {len({writer_of(n) for _, _, n in samples})} writers from {a.labels}")
     results = []
     for model in a.model:

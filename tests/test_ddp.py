@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures.net import free_port
+from fixtures.procs import wait_ok
 
 from textrec.training.distributed import detect
 
@@ -82,24 +83,12 @@ def _check(out: Path) -> None:
     assert (out / "model.pt").is_file() and (out / "checkpoints" / "last.pt").is_file()
 
 
-def _run(procs: list[subprocess.Popen], timeout: float = 240) -> None:
-    try:
-        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, text in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, text[-3000:]
-
-
 def test_torchrun_two_cpu_ranks_end_with_equal_weights(tmp_path, cache):
     out = tmp_path / "run"
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d",
            f"--rdzv-endpoint=127.0.0.1:{free_port()}", *_args(tmp_path, out, cache)]
-    _run([subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)])
+    wait_ok([subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)])
     _check(out)
 
 
@@ -112,7 +101,7 @@ def test_ranks_started_by_hand_like_a_kubernetes_job(tmp_path, cache):
         env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         procs.append(subprocess.Popen([sys.executable, *_args(tmp_path, out, cache)], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
-    _run(procs)
+    wait_ok(procs)
     _check(out)
 
 

@@ -16,6 +16,7 @@ import torch
 from fixtures.lines import line_image
 from fixtures.models import tiny_model_artifact
 from fixtures.net import free_port
+from fixtures.procs import wait_ok
 from PIL import Image
 
 from textrec import storage, tracking
@@ -237,15 +238,7 @@ def test_two_ranks_score_the_real_set_together(tmp_path, tsv):
         env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=port, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
         procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        logs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-3000:]
+    wait_ok(procs)
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in range(2))
     assert r0 == r1 and r0["real_val_n"] == len(TEXTS)  # every line counted once, over both shards
     assert r0["real_val_hash"] == eval_set_hash(real_samples(tsv))

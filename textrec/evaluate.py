@@ -215,7 +215,9 @@ def tsv_rows(tsv_path: str | os.PathLike) -> list[tuple[Path, str, str]]:
     return rows
 
 
-def _read_rows(rows: list[tuple[Path, str, str]], where: str) -> Iterator[Sample]:
+def read_rows(rows: list[tuple[Path, str, str]], where: str) -> Iterator[Sample]:
+    """The (image, truth, name) samples of ``rows``, read one at a time; an unreadable image is an
+    :class:`EvalDataError` that names ``where`` and the file."""
     for path, truth, name in rows:
         try:
             image = read_image(path)
@@ -291,7 +293,7 @@ def real_samples(source: str | os.PathLike, *, cache_dir: str | os.PathLike | No
             yield from real_samples(source, cache_dir=tmp, kind=kind, ok_only=ok_only)
         return
     rows = labelled_rows(source, cache_dir=cache_dir, kind=kind, ok_only=ok_only)
-    yield from _read_rows(rows, str(source))
+    yield from read_rows(rows, str(source))
 
 
 def labelled_rows(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, kind: str = "auto",

@@ -179,7 +179,7 @@ class LabelledLines(Dataset):
 
     def __init__(self, rows: Sequence[tuple[Path, str, str]], stem: LineStem, charset: Charset, *,
                  source: str = "") -> None:
-        from textrec.evaluate import _read_rows, eval_set_hash
+        from textrec.evaluate import eval_set_hash, read_rows
 
         self.paths = [Path(r[0]) for r in rows]
         self.names = [r[2] for r in rows]
@@ -188,7 +188,7 @@ class LabelledLines(Dataset):
         sizes: list[tuple[int, int]] = []
 
         def read() -> Iterator[Any]:
-            for sample in _read_rows(list(rows), source or "labelled lines"):
+            for sample in read_rows(list(rows), source or "labelled lines"):
                 sizes.append(sample[0].shape[:2])
                 yield sample
 
