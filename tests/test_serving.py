@@ -438,11 +438,9 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _register(model_pt: Path, champion: bool) -> str:
-    from mlflow import MlflowClient
-
     from textrec import tracking
 
-    client = MlflowClient()
+    client = tracking.mlflow_client()  # MLFLOW_TRACKING_URI, not a URI an earlier test left set in mlflow
     run_id = client.create_run(tracking.ensure_experiment()).info.run_id
     version = tracking.log_model_version(model_pt, run_id)
     if champion:
