@@ -119,7 +119,7 @@ class LineStem:
             return np.zeros((cfg.height, width), np.float32)
         if (h, w) != (cfg.height, width):
             grey = np.asarray(Image.fromarray(grey).resize((width, cfg.height), Image.Resampling.BILINEAR))
-        return ink_contrast(grey, True)
+        return ink_contrast(grey)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain settings for the model artifact."""
@@ -268,17 +268,17 @@ def ink_threshold(hist: np.ndarray) -> int | None:
     return int(min(paper - 0.6 * (paper - dark), paper - 2 * spread))
 
 
-def ink_contrast(grey: np.ndarray, has_ink: bool = True) -> np.ndarray:
+def ink_contrast(grey: np.ndarray) -> np.ndarray:
     """(H, W) uint8 ink-dark -> float32 with paper ~0 and ink ~1, levels measured on this line.
 
     Paper is the median of the pixels above the ink threshold, ink the 30th percentile of those at or
-    below it. ``has_ink`` comes from the full-resolution image: after shrinking, a thin stroke may be
-    only a little darker than the paper, and must still come out as ink. A blank line is only shifted
-    so its paper is 0, never stretched, so noise stays noise.
+    below it. The line is known to hold ink (:func:`has_ink` decided on the full-resolution image; a
+    line without is all zeros before this): after shrinking, a thin stroke may be only a little darker
+    than the paper, and must still come out as ink.
     """
     hist = np.bincount(grey.ravel(), minlength=256)
-    t = ink_threshold(hist) if has_ink else None
-    if has_ink and t is None:  # faint after shrinking: split halfway between paper and darkest ink
+    t = ink_threshold(hist)
+    if t is None:  # faint after shrinking: split halfway between paper and darkest ink
         t = (_quantile(hist, 0.75) + _quantile(hist, 0.001)) // 2
     if t is not None and hist[: t + 1].any() and hist[t + 1:].any():
         paper = float(_quantile(hist[t + 1:], 0.5) + t + 1)
