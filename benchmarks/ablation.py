@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from real import score  # noqa: E402
 
-from textrec.evaluate import iam_rows, read_rows, tsv_rows  # noqa: E402
+from textrec.evaluate import real_samples  # noqa: E402
 from textrec.recognizer import Recognizer  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def train(config: Path, out: Path, overrides: list[str], minutes: float, log: Pa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--labels", type=Path, required=True, help="TSV of image<TAB>text, or an IAM lines folder")
+    ap.add_argument("--labels", required=True, help="TSV of image<TAB>text, an IAM lines folder, or an s3:// URI")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "cpu.yaml")
     ap.add_argument("--minutes", type=float, default=6.0, help="training budget of each variant")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "ablation")
@@ -62,8 +62,7 @@ def main() -> None:
     a = ap.parse_args()
 
     variants = [parse_variant(v) for v in a.variant]
-    rows = iam_rows(a.labels) if a.labels.is_dir() else tsv_rows(a.labels)
-    samples = list(read_rows(rows, str(a.labels)))
+    samples = list(real_samples(a.labels))
     a.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name, overrides in variants:

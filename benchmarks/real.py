@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from textrec.decoding import DecoderSpec, WordLM
-from textrec.evaluate import evaluate, iam_rows, read_rows, tsv_rows
+from textrec.evaluate import evaluate, real_samples
 from textrec.metrics import cer as cer_score
 from textrec.recognizer import Recognizer
 
@@ -71,7 +71,7 @@ def score(rec: Recognizer, samples: list, decoder: DecoderSpec) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, help="model.pt or run folder (repeatable)")
-    ap.add_argument("--labels", type=Path, required=True, help="TSV of image<TAB>text, or an IAM lines folder")
+    ap.add_argument("--labels", required=True, help="TSV of image<TAB>text, an IAM lines folder, or an s3:// URI")
     ap.add_argument("--decoder", action="append", default=[], help="key=value,... decoder settings (repeatable)")
     ap.add_argument("--greedy", action="store_true", help="also score greedy decoding")
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
@@ -80,8 +80,7 @@ def main() -> None:
     ap.add_argument("--show-worst", action="store_true", help="print the three worst lines per decoder")
     a = ap.parse_args()
 
-    rows = iam_rows(a.labels) if a.labels.is_dir() else tsv_rows(a.labels)
-    samples = list(read_rows(rows, str(a.labels)))
+    samples = list(real_samples(a.labels))
     print(f"{len(samples)} labelled lines, {len({writer_of(n) for _, _, n in samples})} writers from {a.labels}")
     results = []
     for model in a.model:
