@@ -186,3 +186,47 @@ def test_thin_strokes_on_textured_paper_are_found_and_cropped():
     assert got.shape == want.shape
     assert float(got.max()) == pytest.approx(1.0)
     assert int((got[0] > 0.5).any(dim=0).sum()) >= 16
+
+
+# --- deslanting -------------------------------------------------------------------------------------
+
+
+def _strokes(shear: float, height: int = 60, width: int = 400) -> np.ndarray:
+    """Word-like down-strokes 4 px wide every 16 px, leaning by ``shear`` (top right of the foot for > 0)."""
+    img = np.full((height, width + int(abs(shear) * height) + 20), 245, np.uint8)
+    for y in range(8, height - 8):
+        shift = int(round(shear * (height - 8 - y))) + (0 if shear >= 0 else int(-shear * height))
+        for x0 in range(10, width, 16):
+            img[y, x0 + shift:x0 + shift + 4] = 20
+    img[height // 2:height // 2 + 3, 10:width] = 20  # a joining stroke, as in cursive
+    return img
+
+
+@pytest.mark.parametrize("shear", [0.5, 0.3, -0.25])
+def test_deslant_finds_the_lean_of_the_strokes_and_stands_them_upright(shear):
+    from textrec.stem import deslant, estimate_slant, ink_mask
+
+    leaning = _strokes(shear)
+    assert estimate_slant(ink_mask(leaning)) == pytest.approx(shear, abs=0.051)
+    upright = deslant(leaning)
+    assert abs(estimate_slant(ink_mask(upright))) <= 0.051
+    # an upright down-stroke fills a column from top to foot; a leaning one crosses it
+    assert (upright < 128).sum(axis=0).max() > 1.5 * (leaning < 128).sum(axis=0).max()
+
+
+def test_deslant_leaves_upright_writing_alone_and_is_off_by_default():
+    from textrec.stem import deslant
+
+    upright = _strokes(0.0)
+    assert np.array_equal(deslant(upright), upright)
+    leaning = _strokes(0.4)
+    plain, straightened = LineStem(StemConfig(height=32)), LineStem(StemConfig(height=32, deslant=1.0))
+    assert straightened(leaning).shape[-1] < plain(leaning).shape[-1]  # the lean no longer widens the line
+    assert torch.equal(plain(upright), straightened(upright))
+
+
+def test_deslant_setting_is_checked_and_travels_with_the_stem():
+    with pytest.raises(ValueError, match="deslant"):
+        StemConfig(deslant=-0.1)
+    stem = LineStem(StemConfig(deslant=0.8))
+    assert LineStem.from_dict(stem.to_dict()).config.deslant == 0.8
