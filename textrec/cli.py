@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from textrec.rundir import RunDir
-from textrec.tracking.registry import MODEL_NAME
+from textrec.tracking.registry import MODEL_NAME, PAGE_MODEL_NAME
 
 
 def _data_synth(a: argparse.Namespace) -> None:
@@ -72,6 +72,8 @@ def _train(a: argparse.Namespace) -> None:
 def _evaluate(a: argparse.Namespace) -> None:
     from textrec import evaluate as ev
 
+    if a.pages is not None:
+        return _evaluate_pages(a)
     if a.data is not None:
         report = ev.evaluate_store(a.model, a.data, a.split, limit=a.limit, batch_size=a.batch_size)
     elif a.labels is not None:
@@ -87,6 +89,31 @@ def _evaluate(a: argparse.Namespace) -> None:
         print(f"{report.source}: {report.n} lines, CER {report.cer:.4f}, WER {report.wer:.4f}")
 
 
+def _evaluate_pages(a: argparse.Namespace) -> None:
+    from textrec import evaluate_pages as ep
+
+    report = ep.evaluate_page_tsv(a.model, a.pages)
+    if a.report is not None:
+        page = ep.write_page_report(report, a.report)
+        print(f"wrote {page}", file=sys.stderr if a.json else sys.stdout)
+    s = report.summary()
+    if a.json:
+        print(json.dumps({k: s[k] for k in ("cer", "wer", "n", "lines_true", "lines_found", "line_count_exact")}))
+    else:
+        print(f"{report.source}: {report.n} pages, CER {report.cer:.4f}, WER {report.wer:.4f}, line count exact "
+              f"on {s['line_count_exact']}/{report.n} ({s['lines_found']} lines found, {s['lines_true']} true)")
+
+
+def _print_page(image: Path, answer: dict, as_json: bool, several: bool) -> None:
+    if as_json:
+        print(json.dumps({"image": str(image), **answer}))
+        return
+    if several:
+        print(f"# {image}")
+    for line in answer["lines"]:
+        print(f"{line['text']}\t{line['confidence']:.4f}")
+
+
 def _predict(a: argparse.Namespace) -> None:
     missing = [p for p in a.images if not p.is_file()]
     if missing:
@@ -96,8 +123,15 @@ def _predict(a: argparse.Namespace) -> None:
     from textrec.recognizer import Recognizer
 
     rec = Recognizer.load(a.model)
-    for result in rec.recognise(a.images, batch_size=a.batch_size):
-        print(f"{result.text}\t{result.confidence:.4f}")
+    if a.page:
+        for image, reading in zip(a.images, rec.recognise_pages(a.images, batch_size=a.batch_size), strict=True):
+            _print_page(image, reading.to_json(), a.json, len(a.images) > 1)
+        return
+    for image, result in zip(a.images, rec.recognise(a.images, batch_size=a.batch_size), strict=True):
+        if a.json:
+            print(json.dumps({"image": str(image), "text": result.text, "confidence": round(result.confidence, 6)}))
+        else:
+            print(f"{result.text}\t{result.confidence:.4f}")
 
 
 def _endpoint_token(token_file: Path | None) -> str:
@@ -122,7 +156,8 @@ def _predict_endpoint(a: argparse.Namespace) -> None:
     import urllib.request
 
     token = _endpoint_token(a.token_file)
-    url = a.endpoint.rstrip("/") + f"/predictions/{a.model_name}"
+    name = PAGE_MODEL_NAME if a.page and a.model_name == MODEL_NAME else a.model_name
+    url = a.endpoint.rstrip("/") + f"/predictions/{name}"
     for image in a.images:
         req = urllib.request.Request(url, data=image.read_bytes(), method="POST", headers={
             "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
@@ -133,7 +168,12 @@ def _predict_endpoint(a: argparse.Namespace) -> None:
             raise RuntimeError(f"{image}: {url} answered {e.code}: {e.read().decode(errors='replace')[:300]}") from e
         except urllib.error.URLError as e:
             raise RuntimeError(f"{url}: cannot reach the endpoint ({e.reason})") from e
-        print(f"{answer['text']}\t{answer['confidence']:.4f}")
+        if a.page:
+            _print_page(image, answer, a.json, len(a.images) > 1)
+        elif a.json:
+            print(json.dumps({"image": str(image), **answer}))
+        else:
+            print(f"{answer['text']}\t{answer['confidence']:.4f}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--labels", default=None,
                      help="TSV of 'image path<TAB>transcription' rows (a path or s3:// URI; images relative to it)")
     src.add_argument("--iam-lines", default=None, help="folder in the IAM lines layout (a path or s3:// URI)")
+    src.add_argument("--pages", default=None,
+                     help="TSV of 'page image<TAB>text' rows, the page's lines joined by a literal \\n: page CER, "
+                          "WER and line-count errors (the report draws the boxes found)")
     ev.add_argument("--split", default="test", help="split of --data (default: test)")
     ev.add_argument("--limit", type=int, default=None, help="score at most this many lines of --data")
     ev.add_argument("--json", action="store_true", help="print one JSON object: cer, wer, n")
@@ -208,15 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.set_defaults(func=_evaluate)
 
-    pr = sub.add_parser("predict", help="read line images: prints text<TAB>confidence per image")
+    pr = sub.add_parser("predict", help="read line images (or pages): prints text<TAB>confidence per line")
     where = pr.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", help="model.pt, a run folder, or an s3:// URI")
     where.add_argument("--endpoint", help="a TorchServe URL, e.g. http://127.0.0.1:8080 (see `make serve`)")
     pr.add_argument("--token-file", type=Path, default=None,
                     help="with --endpoint: key_file.json or a token file (default: TEXTREC_TOKEN, "
                          "else .textrec/serve/key_file.json)")
-    pr.add_argument("--model-name", default=MODEL_NAME, help="with --endpoint: the served model")
-    pr.add_argument("images", type=Path, nargs="+", help="line image files")
+    pr.add_argument("--model-name", default=MODEL_NAME, help=f"with --endpoint: the served model (with --page: {PAGE_MODEL_NAME})")
+    pr.add_argument("images", type=Path, nargs="+", help="line image files (page images with --page)")
+    pr.add_argument("--page", action="store_true",
+                    help="each image is a page or paragraph: find its lines, read them top to bottom")
+    pr.add_argument("--json", action="store_true",
+                    help="one JSON object per image (with --page: its text and each line's box, text, confidence)")
     pr.add_argument("--batch-size", type=int, default=16)
     pr.set_defaults(func=_predict)
     return p

@@ -390,7 +390,7 @@ def _png_base64(image: np.ndarray, max_width: int = 900) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+REPORT_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-align:top}
 .mono{font-family:ui-monospace,monospace;white-space:pre-wrap}img{max-width:900px;border:1px solid #eee}
 .bad{color:#b00}.num{text-align:right}"""
@@ -409,7 +409,7 @@ def render_html(report: EvalReport, worst: int = 20) -> str:
                     f"{e(r.prediction)}</div></td></tr>")
     model = e(json.dumps(report.model.get("decoder", {})))
     return (f"<!doctype html><html><head><meta charset=utf-8><title>textrec evaluation</title>"
-            f"<style>{_STYLE}</style></head><body><h1>Evaluation: {e(report.source or 'lines')}</h1>"
+            f"<style>{REPORT_STYLE}</style></head><body><h1>Evaluation: {e(report.source or 'lines')}</h1>"
             f"<p>{report.n} lines &middot; CER <b>{report.cer:.2%}</b> &middot; WER <b>{report.wer:.2%}</b>"
             f" &middot; mean confidence {s['mean_confidence']:.3f} &middot; model "
             f"{e(str(report.model.get('model_name', '')))} decoder {model}</p>"

@@ -8,6 +8,10 @@ confidence 0, on every path that goes through the Recognizer.
 
     rec = Recognizer.load("runs/cpu/model.pt")            # or s3://bucket/models/model.pt
     [r.text for r in rec.recognise(["line1.png", "line2.png"])]
+    rec.recognise_page("page.jpg").text                   # a page: its lines found, read top to bottom
+
+Pages go through :mod:`textrec.segment` first: the classical segmenter cuts the page into line crops
+(each with its box on the page) and the line model reads the crops, all lines of a page in one batch.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import io
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +30,14 @@ from PIL import Image, UnidentifiedImageError
 
 from textrec.charset import Charset
 from textrec.decoding import CharNgramLM, DecoderSpec, Recognition, WordLM
+from textrec.segment import Box, SegmentConfig, segment_page
 from textrec.stem import LineStem, is_blank, to_grey
 
 if TYPE_CHECKING:
     from textrec.models import LineModel
 
 DEFAULT_MAX_PIXELS = 10_000_000
+DEFAULT_MAX_PAGE_PIXELS = 40_000_000  # a 600 dpi A4 scan is ~35 M pixels
 
 ImageInput = np.ndarray | Image.Image | str | os.PathLike | bytes
 
@@ -88,15 +95,46 @@ def pad_images(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     return out, torch.tensor(widths, dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class PageLine:
+    """One line read on a page: its box (x0, y0, x1, y1 in page pixels, right/bottom exclusive)."""
+
+    box: Box
+    text: str
+    confidence: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"box": [int(v) for v in self.box], "text": self.text, "confidence": round(float(self.confidence), 6)}
+
+
+@dataclass(frozen=True)
+class PageReading:
+    """A page read: its lines top to bottom, and their texts joined by newlines."""
+
+    text: str
+    lines: list[PageLine]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "lines": [line.to_json() for line in self.lines]}
+
+    @property
+    def confidence(self) -> float:
+        """The lowest line confidence (0 for a page without lines): a page is as sure as its worst line."""
+        return min((line.confidence for line in self.lines), default=0.0)
+
+
 class Recognizer:
-    """A model artifact, ready to read lines."""
+    """A model artifact, ready to read lines and pages."""
 
     def __init__(self, model: LineModel, info: dict[str, Any], *, device: str | torch.device = "cpu",
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_page_pixels: int = DEFAULT_MAX_PAGE_PIXELS,
+                 segment: SegmentConfig = SegmentConfig()) -> None:  # noqa: B008 (frozen, shared default)
         self.model = model.to(device).eval()
         self.info = info
         self.device = torch.device(device)
         self.max_pixels = max_pixels
+        self.max_page_pixels = max_page_pixels
+        self.segment = segment
         self.charset = Charset(info["charset"])
         self.stem = LineStem.from_dict(info["stem"])
         self.decoder = DecoderSpec.from_dict(info.get("decoder") or {})
@@ -105,19 +143,20 @@ class Recognizer:
 
     @classmethod
     def load(cls, path_or_uri: str | os.PathLike, *, device: str | torch.device = "cpu",
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> Recognizer:
+             max_pixels: int = DEFAULT_MAX_PIXELS, max_page_pixels: int = DEFAULT_MAX_PAGE_PIXELS) -> Recognizer:
         """From a ``model.pt`` path, a run folder holding one, or an s3:// URI."""
         from textrec.artifact import load_artifact
 
         model, info = load_artifact(path_or_uri, map_location="cpu")
-        return cls(model, info, device=device, max_pixels=max_pixels)
+        return cls(model, info, device=device, max_pixels=max_pixels, max_page_pixels=max_page_pixels)
 
-    def to_array(self, image: ImageInput, name: str = "image") -> np.ndarray | Image.Image:
+    def to_array(self, image: ImageInput, name: str = "image", max_pixels: int | None = None) -> np.ndarray | Image.Image:
         """Paths and bytes are decoded here; arrays and PIL images go to the stem as they are."""
+        limit = max_pixels or self.max_pixels
         if isinstance(image, bytes | bytearray):
-            return decode_image(bytes(image), name=name, max_pixels=self.max_pixels)
+            return decode_image(bytes(image), name=name, max_pixels=limit)
         if isinstance(image, str | os.PathLike):
-            return read_image(image, max_pixels=self.max_pixels)
+            return read_image(image, max_pixels=limit)
         if isinstance(image, np.ndarray | Image.Image):
             return image
         raise TypeError(f"{name}: expected an array, PIL image, path or bytes, got {type(image).__name__}")
@@ -148,6 +187,32 @@ class Recognizer:
         names = [str(im) if isinstance(im, str | os.PathLike) else f"image {i}" for i, im in enumerate(images)]
         tensors = [self.preprocess(im, name) for im, name in zip(images, names, strict=True)]
         return self.recognise_tensors(tensors, batch_size)
+
+    def page_grey(self, image: ImageInput, name: str = "page") -> np.ndarray:
+        """A page image of any accepted form -> (H, W) uint8 grey, under the page pixel limit."""
+        return to_grey(self.to_array(image, name, self.max_page_pixels), name)
+
+    def recognise_page(self, image: ImageInput, name: str = "page", batch_size: int = 16) -> PageReading:
+        """Find the lines of a page (:mod:`textrec.segment`) and read them, top to bottom. A page with
+        no ink has no lines and empty text."""
+        return self.recognise_pages([image], [name], batch_size)[0]
+
+    def recognise_pages(self, images: Sequence[ImageInput], names: Sequence[str] | None = None,
+                        batch_size: int = 16) -> list[PageReading]:
+        """Read each page; the lines of all pages are recognised in shared batches."""
+        names = list(names) if names is not None else [
+            str(im) if isinstance(im, str | os.PathLike) else f"page {i}" for i, im in enumerate(images)]
+        crops = [segment_page(self.page_grey(im, nm), self.segment).lines
+                 for im, nm in zip(images, names, strict=True)]
+        tensors = [self.stem(c.image) for page in crops for c in page]
+        results = iter(self.recognise_tensors(tensors, batch_size))
+        pages = []
+        for page in crops:
+            read = [next(results) for _ in page]
+            lines = [PageLine(c.box, r.text, float(r.confidence)) for c, r in zip(page, read, strict=True)]
+            lines = [ln for ln in lines if ln.text.strip()]  # a crop the model reads as nothing is no line
+            pages.append(PageReading("\n".join(ln.text for ln in lines), lines))
+        return pages
 
 
 def _language_model(info: dict[str, Any], charset: Charset) -> CharNgramLM | None:

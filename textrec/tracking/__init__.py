@@ -16,6 +16,7 @@ from textrec.tracking.registry import (
     CHALLENGER,
     CHAMPION,
     MODEL_NAME,
+    PAGE_MODEL_NAME,
     download_champion,
     download_model,
     log_model_version,
@@ -54,7 +55,7 @@ from textrec.tracking.server import (
 )
 
 __all__ = [
-    "CHALLENGER", "CHAMPION", "EXPERIMENT", "MODEL_NAME", "PARENT_STEP", "TAG_DATASET", "TAG_EVAL_SET",
+    "CHALLENGER", "CHAMPION", "EXPERIMENT", "MODEL_NAME", "PAGE_MODEL_NAME", "PARENT_STEP", "TAG_DATASET", "TAG_EVAL_SET",
     "TAG_GIT", "TAG_PARENT", "TAG_PIPELINE_RUN", "TAG_REAL_VAL_CER", "TAG_REAL_VAL_SET",
     "TAG_STEP", "TAG_TEST_CER", "Decision",
     "MlflowServer", "StepTracking", "TrackingError", "mlflow_client", "compare", "download_champion",

@@ -19,6 +19,9 @@ from textrec.rundir import MODEL
 from textrec.tracking.runs import TrackingError, mlflow_client, resolve_tracking_uri
 
 MODEL_NAME = "textrec-line"
+# Pages: the name pages are served under (the line model behind the page segmenter) and that page
+# models register under.
+PAGE_MODEL_NAME = "textrec-page"
 CHAMPION, CHALLENGER = "champion", "challenger"
 # What a machine needs to unpickle the logged model (textrec itself travels as code with it).
 _MODEL_REQUIREMENTS = ("torch", "numpy", "pillow", "pyyaml", "editdistance", "h5py")
