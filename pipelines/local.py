@@ -151,6 +151,9 @@ def summarise(outputs: dict[str, Any], uri: str, root: Path, seconds: float) -> 
     from textrec import tracking
     from textrec.io import write_json
 
+    missing = sorted({"model_uri", "version", "promoted", "deployed", "serving"} - set(outputs))
+    if missing:  # a step that did not run leaves its outputs out: say so rather than report a half run
+        raise RuntimeError(f"the pipeline run ended without the outputs {missing}: a step was skipped")
     name, version = outputs["model_uri"].split("/")[1], str(outputs["version"])
     info = tracking.version_info(name, version, tracking_uri=uri)
     summary = {
@@ -159,6 +162,7 @@ def summarise(outputs: dict[str, Any], uri: str, root: Path, seconds: float) -> 
         "real_val_cer": (float(info["tags"][tracking.TAG_REAL_VAL_CER])
                          if tracking.TAG_REAL_VAL_CER in info["tags"] else None),
         "promoted": bool(outputs["promoted"]), "reason": info["tags"].get("textrec.promotion_reason", ""),
+        "deployed": bool(outputs["deployed"]), "serving": str(outputs["serving"]),
         "artifact_location": info["download_uri"],
         "pipeline_run_id": info["tags"].get(tracking.TAG_PIPELINE_RUN, ""), "seconds": round(seconds, 1),
     }
@@ -176,6 +180,8 @@ def print_summary(s: dict[str, Any], root: Path = ROOT) -> None:
     if s.get("real_val_cer") is not None:
         print(f"  real CER   {s['real_val_cer']:.4f} (real_val)")
     print(f"  promotion  {'promoted' if s['promoted'] else 'not promoted'}: {s['reason']}")
+    if s.get("serving"):
+        print(f"  serving    {s['serving']}")
     print(f"  MLflow     {s['tracking_uri']}/#/models/{s['model_name']}/versions/{s['version']}")
     print(f"  artifacts  {s['artifact_location']}")
     local = _local_artifacts(s["artifact_location"], root)

@@ -4,7 +4,7 @@
 
 ::
 
-    ingest_data ──> synthesize_lines ──> train_model ──> evaluate_cer ──> register_model ──> (deploy_model)
+    ingest_data ──> synthesize_lines ──> train_model ──> evaluate_cer ──> register_model ──> deploy_model
                                   plan_training ──┘
 
 Data steps are cached (the same source and seed give the same stores); training, evaluation and
@@ -42,11 +42,14 @@ TRAIN_RETRIES = 2
 
 
 class PipelineOutputs(NamedTuple):
-    """What a run produced: the registered version and whether it became the champion."""
+    """What a run produced: the registered version, whether it became the champion, and whether (and
+    why not) serving moved to it."""
 
     model_uri: str
     version: str
     promoted: bool
+    deployed: bool
+    serving: str
 
 
 def _s3_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -129,17 +132,16 @@ def textrec_pipeline(
     register.set_caching_options(False)
     _s3_credentials(register)
 
-    # Only a new champion is rolled out; deploy_model itself skips a version that is already served.
-    with dsl.If(register.outputs["promoted"] == True):  # noqa: E712 (a KFP condition, not a Python test)
-        with dsl.If(serving_target != "none"):
-            deploy = deploy_model(model_uri=register.outputs["model_uri"], mlflow_uri=mlflow_uri,
-                                  model_store_uri=serving_model_store, deployment=serving_deployment,
-                                  namespace=serving_namespace, target=serving_target)
-            deploy.set_caching_options(False)
-            _s3_credentials(deploy)
+    # Always runs, and serves only a new champion: the step decides from the gate's outputs instead of
+    # sitting in dsl.If branches, which kfp.local could not evaluate (it skipped them without a word).
+    deploy = deploy_model(model_uri=register.outputs["model_uri"], promoted=register.outputs["promoted"],
+                          mlflow_uri=mlflow_uri, model_store_uri=serving_model_store,
+                          deployment=serving_deployment, namespace=serving_namespace, target=serving_target)
+    deploy.set_caching_options(False)
+    _s3_credentials(deploy)
 
     return PipelineOutputs(register.outputs["model_uri"], register.outputs["version"],
-                           register.outputs["promoted"])
+                           register.outputs["promoted"], deploy.outputs["changed"], deploy.outputs["reason"])
 
 
 def compile_pipeline(path: str | os.PathLike = YAML_PATH) -> Path:

@@ -167,3 +167,24 @@ def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORK
         server.stop()
         raise
     return server
+
+
+def deploy_step(model_uri: str, *, promoted: bool, target: str, model_store_uri: str = "", namespace: str = "",
+                deployment: str = "textrec-serving") -> DeployResult:
+    """The pipeline's deploy step: serve ``model_uri`` when the gate ``promoted`` it and ``target`` is not
+    ``"none"``; otherwise change nothing and say why. It decides from the register step's outputs rather
+    than sitting inside pipeline conditions, so every runner (Kubeflow, kfp.local) runs it the same way
+    and a run's log always says what became of serving. ``namespace`` empty: the pod's own."""
+    if target == "none":
+        return DeployResult(False, f"serving_target is 'none': {model_uri} is registered, not served",
+                            target=target)
+    if target not in TARGETS:
+        raise ValueError(f"deploy step: serving_target must be 'cluster', 'local' or 'none', got {target!r}")
+    if not promoted:
+        return DeployResult(False, f"{model_uri} was not promoted: the served champion stays", target=target)
+    if target == "local":
+        return deploy_model(model_uri, target="local")
+    from cluster.client import current_namespace
+
+    return deploy_model(model_uri, target="cluster", model_store_uri=model_store_uri,
+                        namespace=namespace or current_namespace(), deployment=deployment)

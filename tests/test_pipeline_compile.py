@@ -100,9 +100,19 @@ def test_textrec_image_at_compile_time_sets_every_steps_image(tmp_path):
     assert {"name": "TEXTREC_IMAGE", "value": "registry.example/textrec-component:abc123"} in train_env
 
 
-def test_pipeline_outputs_the_registered_model(spec):
+def test_pipeline_outputs_the_registered_model_and_what_became_of_serving(spec):
     outputs = spec[0]["root"]["outputDefinitions"]["parameters"]
-    assert set(outputs) == {"model_uri", "version", "promoted"}
+    assert set(outputs) == {"model_uri", "version", "promoted", "deployed", "serving"}
+
+
+def test_the_deploy_step_always_runs_and_decides_from_the_gate(spec):
+    """No step sits in a condition: kfp.local skipped nested dsl.If branches it could not evaluate."""
+    tasks = spec[0]["root"]["dag"]["tasks"]
+    assert not [name for name, t in tasks.items() if "triggerPolicy" in t or name.startswith("condition")]
+    deploy = tasks["deploy-model"]["inputs"]["parameters"]
+    assert deploy["promoted"]["taskOutputParameter"] == {"outputParameterKey": "promoted",
+                                                         "producerTask": "register-model"}
+    assert deploy["target"] == {"componentInputParameter": "serving_target"}
 
 
 def test_real_val_parameter_reaches_training_evaluation_and_the_gate(spec):
