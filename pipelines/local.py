@@ -46,10 +46,11 @@ class Profile:
         return max(30, lines_for_train(int(config.get("data", {}).get("train_lines", DataConfig.train_lines))))
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # found from any working folder
 PROFILES = {
-    "smoke": Profile("configs/smoke.yaml", threads=1),  # the test-sized run: minutes on 2 cores
-    "cpu": Profile("configs/cpu.yaml"),  # the default: about 20-25 minutes on 2 cores
-    "gpu": Profile("configs/gpu.yaml", gpus=1),
+    "smoke": Profile(str(CONFIGS / "smoke.yaml"), threads=1),  # the test-sized run: minutes on 2 cores
+    "cpu": Profile(str(CONFIGS / "cpu.yaml")),  # the default: about 20-25 minutes on 2 cores
+    "gpu": Profile(str(CONFIGS / "gpu.yaml"), gpus=1),
 }
 
 
