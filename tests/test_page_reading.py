@@ -107,3 +107,13 @@ def test_page_labels_that_cannot_be_read_are_named(model_pt, tmp_path):
 def test_page_text_splits_on_written_and_real_line_breaks():
     assert split_page_text("a b\\nc") == ["a b", "c"]
     assert split_page_text("a\nb") == ["a", "b"]
+
+
+def test_evaluate_pages_reads_a_page_store_split(model_pt, tmp_path, capsys):
+    from textrec.data.pages import PageConfig, synthesize_pages
+
+    store = synthesize_pages(4, tmp_path / "pages.h5", seed=2, workers=1, progress=False,
+                             page_config=PageConfig(scale=0.5, lines=(2, 4)))
+    assert main(["evaluate", "--model", str(model_pt), "--pages", str(store), "--split", "train", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n"] >= 1 and summary["lines_true"] >= 2 * summary["n"]

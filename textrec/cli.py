@@ -14,6 +14,13 @@ from textrec.tracking.registry import MODEL_NAME, PAGE_MODEL_NAME
 def _data_synth(a: argparse.Namespace) -> None:
     from textrec.data.synth import synthesize
 
+    if a.pages:
+        from textrec.data.pages import synthesize_pages
+
+        print(f"wrote {synthesize_pages(a.pages, a.out, seed=a.seed, fonts_dirs=a.fonts_dir, workers=a.workers, corpus=a.corpus)}")
+        return
+    if a.n is None:
+        raise ValueError("data synth: give --n LINES (a line store) or --pages PAGES (a page store)")
     out = synthesize(a.n, a.out, seed=a.seed, fonts_dirs=a.fonts_dir, workers=a.workers, corpus=a.corpus)
     print(f"wrote {out}")
 
@@ -37,9 +44,14 @@ def _data_emnist_lines(a: argparse.Namespace) -> None:
 
 
 def _data_show(a: argparse.Namespace) -> None:
-    from textrec.data.show import save_grid
+    from textrec.data.show import save_grid, save_pages
+    from textrec.data.store import open_store
 
-    print(f"wrote {save_grid(a.store, a.out, n=a.n, split=a.split, seed=a.seed)}")
+    if type(open_store(a.store)).__name__ == "PageStore":
+        print(f"wrote {save_pages(a.store, a.out, n=a.n or 4, split=a.split, seed=a.seed)}")
+        return
+
+    print(f"wrote {save_grid(a.store, a.out, n=a.n or 32, split=a.split, seed=a.seed)}")
 
 
 def _data_info(a: argparse.Namespace) -> None:
@@ -92,7 +104,7 @@ def _evaluate(a: argparse.Namespace) -> None:
 def _evaluate_pages(a: argparse.Namespace) -> None:
     from textrec import evaluate_pages as ep
 
-    report = ep.evaluate_page_tsv(a.model, a.pages)
+    report = ep.evaluate_page_source(a.model, a.pages, split=a.split)
     if a.report is not None:
         page = ep.write_page_report(report, a.report)
         print(f"wrote {page}", file=sys.stderr if a.json else sys.stdout)
@@ -182,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="build, ingest and inspect line stores").add_subparsers(
         dest="data_command", required=True)
-    s = data.add_parser("synth", help="render synthetic handwriting lines into a line store")
-    s.add_argument("--n", type=int, required=True, help="number of lines")
+    s = data.add_parser("synth", help="render synthetic handwriting lines (or pages) into a store")
+    s.add_argument("--n", type=int, default=None, help="number of lines")
+    s.add_argument("--pages", type=int, default=None,
+                   help="render this many pages (paragraphs with their line boxes) into a page store instead")
     s.add_argument("--out", type=Path, required=True, help="output .h5 line store")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fonts-dir", type=Path, action="append", default=[],
@@ -213,10 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     el.add_argument("--corpus", type=Path, default=None)
     el.set_defaults(func=_data_emnist_lines)
 
-    sh = data.add_parser("show", help="a PNG grid of line images with their texts")
+    sh = data.add_parser("show", help="a PNG grid of line images with their texts (pages: with their boxes)")
     sh.add_argument("store", type=Path)
     sh.add_argument("--out", type=Path, required=True)
-    sh.add_argument("--n", type=int, default=32)
+    sh.add_argument("--n", type=int, default=None, help="lines (default 32) or pages (default 4) shown")
     sh.add_argument("--split", default=None)
     sh.add_argument("--seed", type=int, default=0)
     sh.set_defaults(func=_data_show)
@@ -241,9 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TSV of 'image path<TAB>transcription' rows (a path or s3:// URI; images relative to it)")
     src.add_argument("--iam-lines", default=None, help="folder in the IAM lines layout (a path or s3:// URI)")
     src.add_argument("--pages", default=None,
-                     help="TSV of 'page image<TAB>text' rows, the page's lines joined by a literal \\n: page CER, "
-                          "WER and line-count errors (the report draws the boxes found)")
-    ev.add_argument("--split", default="test", help="split of --data (default: test)")
+                     help="TSV of 'page image<TAB>text' rows (the page's lines joined by a literal \\n) or a page "
+                          "store (--split): page CER, WER and line-count errors (the report draws the boxes)")
+    ev.add_argument("--split", default="test", help="split of --data or of a page store (default: test)")
     ev.add_argument("--limit", type=int, default=None, help="score at most this many lines of --data")
     ev.add_argument("--json", action="store_true", help="print one JSON object: cer, wer, n")
     ev.add_argument("--report", type=Path, default=None, help="write report.html and report.json here")

@@ -115,8 +115,25 @@ def evaluate_pages(recognizer: Recognizer | str | os.PathLike, pages: Iterable[P
     return PageReport(cer_score(preds, truths), wer_score(preds, truths), len(rows), rows, source, seconds)
 
 
+def store_pages(store_path: str | os.PathLike, split: str = "test") -> Iterator[PageSample]:
+    """The (page, truth lines, name) of one split of a page store."""
+    from textrec.data.pages import PageStore
+
+    store = PageStore(store_path)
+    for i in store.indices(split):
+        yield store.image(int(i)), store.text(int(i)).split("\n"), f"page {int(i)}"
+
+
 def evaluate_page_tsv(model: Recognizer | str | os.PathLike, tsv_path: str | os.PathLike) -> PageReport:
     return evaluate_pages(model, tsv_pages(tsv_path), source=str(tsv_path))
+
+
+def evaluate_page_source(model: Recognizer | str | os.PathLike, source: str | os.PathLike,
+                         split: str = "test") -> PageReport:
+    """Score a page TSV, or one split of a page store (``.h5``)."""
+    if str(source).endswith((".h5", ".hdf5")):
+        return evaluate_pages(model, store_pages(source, split), source=f"{source} [{split}]")
+    return evaluate_page_tsv(model, source)
 
 
 def draw_boxes(image: np.ndarray, reading: PageReading, max_width: int = 1000) -> Image.Image:

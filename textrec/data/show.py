@@ -101,6 +101,45 @@ def save_grid(store_path: str | os.PathLike, out_png: str | os.PathLike, *, n: i
     return _save_png(grid, Path(out_png))
 
 
+def save_pages(store_path: str | os.PathLike, out_png: str | os.PathLike, *, n: int = 4,
+               split: str | None = None, seed: int = 0, width: int = 900) -> Path:
+    """A PNG of ``n`` pages of a page store, each with its line boxes and line numbers drawn and its
+    line texts beside it; written atomically."""
+    from textrec.data.pages import PageStore
+
+    if n < 1:
+        raise ValueError(f"number of pages to show must be at least 1, got {n}")
+    store = PageStore(store_path)
+    ids = store.indices(split)
+    if ids.size == 0:
+        raise ValueError(f"{store.path}: no pages to show in split {split!r}")
+    picked = sorted(np.random.default_rng(seed).choice(ids, min(n, ids.size), replace=False).tolist())
+    panels = []
+    font = _font(14)
+    for i in picked:
+        page = Image.fromarray(store.image(i)).convert("RGB")
+        scale = min(1.0, width / page.width)
+        page = page.resize((max(1, round(page.width * scale)), max(1, round(page.height * scale))))
+        lines = store.lines(i)
+        text_h = 18 * (len(lines) + 1)
+        panel = Image.new("RGB", (width, page.height + text_h + PAD), "white")
+        panel.paste(page, (0, 0))
+        draw = ImageDraw.Draw(panel)
+        for k, (box, text) in enumerate(lines, start=1):
+            x0, y0, x1, y1 = (v * scale for v in box)
+            draw.rectangle((x0, y0, x1, y1), outline=(220, 30, 30), width=2)
+            draw.text((x0 + 2, y0 + 1), str(k), fill=(220, 30, 30), font=font)
+            draw.text((4, page.height + 18 * k - 12), f"{k}. {text}", fill=INK, font=font)
+        draw.text((4, page.height + 2), f"page {i} ({store.split(i)}, {store.writers[i]})", fill=INK, font=font)
+        panels.append(panel)
+    sheet = Image.new("RGB", (width, sum(p.height for p in panels) + PAD * len(panels)), "white")
+    y = 0
+    for panel in panels:
+        sheet.paste(panel, (0, y))
+        y += panel.height + PAD
+    return _save_png(sheet, Path(out_png))
+
+
 def save_prediction_grid(rows: Sequence[Any], out_png: str | os.PathLike, *, n: int = 12) -> Path:
     """A PNG of the ``n`` worst-read lines: each image with its truth and the model's reading beneath.
 

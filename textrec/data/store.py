@@ -365,8 +365,8 @@ class CharStore:
                 "mapping": self.mapping, "content_hash": self.content_hash, "meta": self.meta}
 
 
-def open_store(path: str | os.PathLike) -> LineStore | CharStore:
-    """Open a line or character store by its format attribute."""
+def open_store(path: str | os.PathLike) -> Any:
+    """Open a line, character or page store by its format attribute."""
     p = Path(path)
     if not p.exists():
         raise StoreError(f"{p}: no such store")
@@ -379,6 +379,10 @@ def open_store(path: str | os.PathLike) -> LineStore | CharStore:
         return LineStore(p)
     if fmt == CHARS_FORMAT:
         return CharStore(p)
+    if fmt == "textrec-pages":
+        from textrec.data.pages import PageStore
+
+        return PageStore(p)
     raise StoreError(f"{p}: not a textrec store (format {fmt!r})")
 
 
