@@ -11,7 +11,7 @@ import pytest
 from textrec.charset import DEFAULT_CHARSET
 from textrec.cli import main
 from textrec.data.pages import Page, PageConfig, PageRenderer, PageStore, PageWriter, synthesize_pages
-from textrec.data.store import StoreError, open_store
+from textrec.data.store import StoreError
 from textrec.data.synth import LineRenderer, SynthConfig
 from textrec.data.text import open_text_source
 from textrec.segment import segment_page
@@ -75,7 +75,7 @@ def test_page_store_round_trips_and_refuses_line_stores(tmp_path, renderer):
     assert len(store) == 3 and store.splits == ["test", "train"] and list(store.indices("test")) == [0]
     for k, p in enumerate(pages):
         assert np.array_equal(store.image(k), p.image) and store.lines(k) == p.lines
-    assert open_store(out).info()["lines"] == sum(len(p.lines) for p in pages)
+    assert PageStore(out).info()["lines"] == sum(len(p.lines) for p in pages)
     with pytest.raises(StoreError, match="expected a 'textrec-lines' store, found format 'textrec-pages'"):
         from textrec.data.store import LineStore
         LineStore(out)

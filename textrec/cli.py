@@ -45,9 +45,9 @@ def _data_emnist_lines(a: argparse.Namespace) -> None:
 
 def _data_show(a: argparse.Namespace) -> None:
     from textrec.data.show import save_grid, save_pages
-    from textrec.data.store import open_store
+    from textrec.data.store import PAGES_FORMAT, store_format
 
-    if type(open_store(a.store)).__name__ == "PageStore":
+    if Path(a.store).is_file() and store_format(a.store) == PAGES_FORMAT:
         print(f"wrote {save_pages(a.store, a.out, n=a.n or 4, split=a.split, seed=a.seed)}")
         return
 
@@ -55,9 +55,11 @@ def _data_show(a: argparse.Namespace) -> None:
 
 
 def _data_info(a: argparse.Namespace) -> None:
-    from textrec.data.store import open_store
+    from textrec.data.pages import PageStore
+    from textrec.data.store import PAGES_FORMAT, open_store, store_format
 
-    info = open_store(a.store).info()
+    paged = Path(a.store).is_file() and store_format(a.store) == PAGES_FORMAT
+    info = PageStore(a.store).info() if paged else open_store(a.store).info()
     if a.json:
         print(json.dumps(info, indent=2))
         return

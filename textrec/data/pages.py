@@ -39,10 +39,9 @@ import numpy as np
 from PIL import Image
 
 from textrec.charset import DEFAULT_CHARSET, Charset
-from textrec.data.store import FORMAT_VERSION, StoreError, _open_h5
+from textrec.data.store import FORMAT_VERSION, PAGES_FORMAT, StoreError, _open_h5
 from textrec.io import publish, temp_beside
 
-PAGES_FORMAT = "textrec-pages"
 Box = tuple[int, int, int, int]
 
 

@@ -42,6 +42,7 @@ from textrec.io import atomic_path, publish, temp_beside
 
 LINES_FORMAT = "textrec-lines"
 CHARS_FORMAT = "textrec-chars"
+PAGES_FORMAT = "textrec-pages"  # textrec.data.pages
 FORMAT_VERSION = 1
 DEFAULT_SPLITS = ("train", "val", "test")
 _BUFFER = 512
@@ -365,8 +366,17 @@ class CharStore:
                 "mapping": self.mapping, "content_hash": self.content_hash, "meta": self.meta}
 
 
-def open_store(path: str | os.PathLike) -> Any:
-    """Open a line, character or page store by its format attribute."""
+def store_format(path: str | os.PathLike) -> str:
+    """The format attribute of a store file ("" when it has none)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("format", ""))
+    except OSError as e:
+        raise StoreError(f"{path}: not a readable HDF5 file ({e})") from e
+
+
+def open_store(path: str | os.PathLike) -> LineStore | CharStore:
+    """Open a line or character store by its format attribute."""
     p = Path(path)
     if not p.exists():
         raise StoreError(f"{p}: no such store")
@@ -379,10 +389,8 @@ def open_store(path: str | os.PathLike) -> Any:
         return LineStore(p)
     if fmt == CHARS_FORMAT:
         return CharStore(p)
-    if fmt == "textrec-pages":
-        from textrec.data.pages import PageStore
-
-        return PageStore(p)
+    if fmt == PAGES_FORMAT:
+        raise StoreError(f"{p}: a page store; open it with textrec.data.pages.PageStore")
     raise StoreError(f"{p}: not a textrec store (format {fmt!r})")
 
 
