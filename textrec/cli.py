@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--token-file", type=Path, default=None,
                     help="with --endpoint: key_file.json or a token file (default: TEXTREC_TOKEN, "
                          "else .textrec/serve/key_file.json)")
-    pr.add_argument("--model-name", default=MODEL_NAME, help=f"with --endpoint: the served model (with --page: {PAGE_MODEL_NAME})")
+    pr.add_argument("--model-name", default=MODEL_NAME, help=f"with --endpoint: the served model (with --page: {PAGE_MODEL_NAME}, where a server serves pages)")
     pr.add_argument("images", type=Path, nargs="+", help="line image files (page images with --page)")
     pr.add_argument("--page", action="store_true",
                     help="each image is a page or paragraph: find its lines, read them top to bottom")
