@@ -166,32 +166,23 @@ def _endpoint_token(token_file: Path | None) -> str:
 
 
 def _predict_endpoint(a: argparse.Namespace) -> None:
-    import urllib.error
-    import urllib.request
+    from textrec.client import Endpoint
 
-    token = _endpoint_token(a.token_file)
     name = PAGE_MODEL_NAME if a.page and a.model_name == MODEL_NAME else a.model_name
-    url = a.endpoint.rstrip("/") + f"/predictions/{name}"
-    for image in a.images:
-        req = urllib.request.Request(url, data=image.read_bytes(), method="POST", headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                answer = json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"{image}: {url} answered {e.code}: {e.read().decode(errors='replace')[:300]}") from e
-        except urllib.error.URLError as e:
-            raise RuntimeError(f"{url}: cannot reach the endpoint ({e.reason})") from e
-        if a.page:
-            _print_page(image, answer, a.json, len(a.images) > 1)
-        elif a.json:
-            print(json.dumps({"image": str(image), **answer}))
-        else:
-            print(f"{answer['text']}\t{answer['confidence']:.4f}")
+    with Endpoint(a.endpoint, _endpoint_token(a.token_file), retries=a.retries) as endpoint:
+        for image in a.images:
+            answer = endpoint.predict(image.read_bytes(), name, name=str(image))
+            if a.page:
+                _print_page(image, answer, a.json, len(a.images) > 1)
+            elif a.json:
+                print(json.dumps({"image": str(image), **answer}))
+            else:
+                print(f"{answer['text']}\t{answer['confidence']:.4f}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="textrec", description="Handwritten text recognition.")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="build, ingest and inspect line stores").add_subparsers(
@@ -274,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--token-file", type=Path, default=None,
                     help="with --endpoint: key_file.json or a token file (default: TEXTREC_TOKEN, "
                          "else .textrec/serve/key_file.json)")
-    pr.add_argument("--model-name", default=MODEL_NAME, help=f"with --endpoint: the served model (with --page: {PAGE_MODEL_NAME}, where a server serves pages)")
+    pr.add_argument("--retries", type=int, default=5,
+                    help="with --endpoint: tries again after a 5xx or a lost connection, with backoff (default 5)")
+    pr.add_argument("--model-name", default=MODEL_NAME, help=f"with --endpoint: the served model (with --page: {PAGE_MODEL_NAME})")
     pr.add_argument("images", type=Path, nargs="+", help="line image files (page images with --page)")
     pr.add_argument("--page", action="store_true",
                     help="each image is a page or paragraph: find its lines, read them top to bottom")
@@ -285,7 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    import platform
+
+    from textrec import __version__
+
+    return f"textrec {__version__} (Python {platform.python_version()})"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from textrec.progress import quiet_when_piped
+
+    quiet_when_piped()
     parser = build_parser()
     # Unknown --section.key=value options are config overrides, for the commands that take them.
     args, extra = parser.parse_known_args(argv)
