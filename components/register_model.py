@@ -15,7 +15,8 @@ def register_model(model: Input[Model], lines: Input[Dataset], test_cer: float, 
     it only if its test CER beats the champion's on the same evaluation set by more than
     promotion_margin; otherwise the champion stays. When the champion was also scored on the labelled real
     set of real_val_hash (empty: none), real_val_cer decides instead. decision (JSON) says which, why, and
-    on what metric."""
+    on what metric. The version's source run is the training run named in model's metadata
+    (mlflow_run_id), where the model is logged at its best epoch."""
     from collections import namedtuple
 
     from textrec.data.store import find_line_stores
@@ -25,7 +26,8 @@ def register_model(model: Input[Model], lines: Input[Dataset], test_cer: float, 
     d = register_challenger(RunDir(model.path).model, find_line_stores(lines.path), test_cer=test_cer,
                             eval_hash=eval_set_hash, model_name=model_name, margin=promotion_margin,
                             step=StepTracking(pipeline_run_id, mlflow_uri, experiment),
-                            decision_path=decision.path, real_val_cer=real_val_cer, real_val_hash=real_val_hash)
+                            decision_path=decision.path, real_val_cer=real_val_cer, real_val_hash=real_val_hash,
+                            train_run_id=str(model.metadata.get("mlflow_run_id", "")))
     decision.metadata.update(promoted=d.promoted, reason=d.reason, version=d.version, metric=d.metric)
     metrics.log_metric("promoted", float(d.promoted))
     metrics.log_metric("challenger_cer", d.challenger_cer)

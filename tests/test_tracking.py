@@ -169,31 +169,38 @@ def test_download_champion_without_a_champion_names_the_model(tmp_path, uri, nam
         tracking.download_champion(name, dest=tmp_path, tracking_uri=uri)
 
 
-def test_registered_model_loads_without_textrec_installed_at_any_width(tmp_path, uri, name):
-    """The pickled model travels with the textrec source, so a machine without textrec can load it."""
+def test_registered_model_reads_images_without_textrec_installed(tmp_path, uri, name):
+    """The pyfunc travels with the textrec source, so a machine without textrec loads it and reads
+    line images of any width, given as bytes or base64."""
     v1 = register(tmp_path, uri, name, 1, "run-1")
     tracking.promote(name, v1, challenger_cer=0.3, eval_hash=HASH_A, tracking_uri=uri)
     script = f"""
-import sys
+import base64, io, sys
 sys.meta_path = [f for f in sys.meta_path if "editable" not in str(getattr(f, "__module__", ""))]
 try:
     import textrec
     raise SystemExit("textrec is still importable")
 except ImportError:
     pass
-import mlflow, torch
+import mlflow, numpy as np, pandas as pd
+from PIL import Image
 mlflow.set_tracking_uri({uri!r})
-model = mlflow.pytorch.load_model("models:/{name}@champion")
+model = mlflow.pyfunc.load_model("models:/{name}@champion")
+pngs = []
 for width in (40, 123):
-    log_probs, lengths = model(torch.zeros(1, 1, {HEIGHT}, width), torch.tensor([width]))
-    assert log_probs.shape[1:] == (1, 80), log_probs.shape
-print("loaded", type(model).__module__)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(width).integers(0, 255, ({HEIGHT}, width), dtype=np.uint8)).save(buf, "PNG")
+    pngs.append(buf.getvalue())
+out = model.predict(pd.DataFrame({{"image": [pngs[0], base64.b64encode(pngs[1]).decode()]}}))
+assert list(out.columns) == ["text", "confidence"] and len(out) == 2, out
+assert all(0.0 <= c <= 1.0 for c in out["confidence"]), out
+print("read", len(out), "lines")
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "loaded textrec.models" in out.stdout
+    assert "read 2 lines" in out.stdout
 
 
 def test_steps_of_one_pipeline_run_are_children_of_one_parent_run(uri, name):
@@ -268,7 +275,7 @@ def test_artifacts_go_to_s3_when_the_experiment_says_so(tmp_path, uri, name, s3)
 
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=f"mlflow/{name}/")
             .get("Contents", [])]
-    assert any(k.endswith("extra_files/model.pt") for k in keys), keys
+    assert any(k.endswith("artifacts/artifacts/model.pt") for k in keys), keys
     assert any(k.endswith("MLmodel") for k in keys)
     served = tracking.download_champion(name, dest=tmp_path / "serve", tracking_uri=uri)
     assert served.read_bytes() == model_pt.read_bytes()

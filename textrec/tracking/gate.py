@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from textrec.tracking.registry import CHAMPION, MODEL_NAME, alias_version, download_model, log_model_version
+from textrec.tracking.lineage import log_model_evaluation, log_training_data
+from textrec.tracking.registry import CHAMPION, MODEL_NAME, alias_version, download_model, log_line_version
 from textrec.tracking.runs import (
     TAG_DATASET,
     TAG_EVAL_SET,
@@ -145,8 +146,14 @@ def register_challenger(model_pt: str | os.PathLike, stores: Sequence[str | os.P
                         eval_hash: str, model_name: str = MODEL_NAME, margin: float = 0.0,
                         step: StepTracking = StepTracking(),  # noqa: B008 (frozen)
                         decision_path: str | os.PathLike | None = None, real_val_cer: float | None = None,
-                        real_val_hash: str = "") -> Decision:
+                        real_val_hash: str = "", train_run_id: str = "") -> Decision:
     """Log and register the model (alias ``challenger``), then let the gate decide ``champion``.
+
+    The model is logged from the training run ``train_run_id`` (empty: this step's run) at its best
+    epoch, so the registered version's source run is the run that trained it; that run gets
+    ``stores`` as its training data, and this step's run the test split with the model, whose
+    LoggedModel gets ``test_cer`` (and ``real_val_cer``) tied to that split
+    (:mod:`textrec.tracking.lineage`).
 
     With ``real_val_cer``/``real_val_hash`` (the evaluate step's score on a labelled real set; an empty
     hash means none) a champion scored on the same real set is compared on it. Otherwise a champion
@@ -163,15 +170,21 @@ def register_challenger(model_pt: str | os.PathLike, stores: Sequence[str | os.P
         return evaluate(champion_pt, split_samples(stores)).cer
 
     uri = step.uri
+    real = bool(real_val_hash) and real_val_cer is not None and real_val_cer >= 0
     with step_run("register", step.pipeline_run_id, tracking_uri=uri, experiment=step.experiment) as run_id:
-        tags = {TAG_PIPELINE_RUN: step.pipeline_run_id, TAG_GIT: git_commit(),
-                TAG_DATASET: describe_stores(stores)["content_hash"]}
-        version = log_model_version(model_pt, run_id, model_name=model_name, tags=tags, tracking_uri=uri)
+        content_hash = describe_stores(stores)["content_hash"]
+        tags = {TAG_PIPELINE_RUN: step.pipeline_run_id, TAG_GIT: git_commit(), TAG_DATASET: content_hash}
+        source_run = train_run_id or run_id
+        logged = log_line_version(model_pt, source_run, model_name=model_name, tags=tags, tracking_uri=uri)
+        version = logged.version
+        log_training_data(source_run, stores, content_hash, tracking_uri=uri)
+        log_model_evaluation(run_id, logged.model_id, stores, eval_hash, {"test_cer": test_cer}, tracking_uri=uri,
+                             extra_metrics={"real_val_cer": real_val_cer} if real else None)
         decision = promote(model_name, version, challenger_cer=test_cer, eval_hash=eval_hash,
                            margin=margin, reevaluate=reevaluate, tracking_uri=uri,
                            real_val_cer=real_val_cer, real_val_hash=real_val_hash)
         scores = {"promoted": float(decision.promoted), "challenger_cer": test_cer}
-        if real_val_hash and real_val_cer is not None and real_val_cer >= 0:
+        if real and real_val_cer is not None:
             scores["challenger_real_val_cer"] = real_val_cer
         mlflow.log_metrics(scores)
         mlflow.log_dict(decision.to_dict(), "decision.json")

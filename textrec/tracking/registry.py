@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,45 +23,61 @@ MODEL_NAME = "textrec-line"
 # models register under.
 PAGE_MODEL_NAME = "textrec-page"
 CHAMPION, CHALLENGER = "champion", "challenger"
-# What a machine needs to unpickle the logged model (textrec itself travels as code with it).
-_MODEL_REQUIREMENTS = ("torch", "numpy", "pillow", "pyyaml", "editdistance", "h5py")
+# Where the textrec model.pt sits inside a logged model: the pyfunc's artifact, or (versions logged
+# before the pyfunc) the PyTorch flavor's extra files.
+MODEL_PT_PATHS = (f"artifacts/{MODEL}", f"extra_files/{MODEL}")
 
 
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for name in _MODEL_REQUIREMENTS:
-        try:
-            reqs.append(f"{name}=={version(name).split('+')[0]}")
-        except PackageNotFoundError:
-            reqs.append(name)
-    return reqs
+def best_step(run_id: str, monitor: str, *, tracking_uri: str | None = None) -> int:
+    """The step (epoch number, as the training callback logs it) of the lowest ``monitor`` in the run's
+    history, the first one on a tie as the best checkpoint keeps it; 0 when the run has no history."""
+    history = mlflow_client(tracking_uri).get_metric_history(run_id, monitor) if monitor else []
+    if not history:
+        return 0
+    return int(min(history, key=lambda m: (m.value, m.step)).step)
 
 
-def log_model_version(model_pt: str | os.PathLike, run_id: str, *, model_name: str = MODEL_NAME,
-                      tags: Mapping[str, str] | None = None, tracking_uri: str | None = None) -> str:
-    """Log ``model.pt`` to a run as an MLflow PyTorch model and register it; returns the new version.
+@dataclass(frozen=True)
+class LoggedVersion:
+    """A registered version and the LoggedModel behind it."""
 
-    The model is pickled (any input width works, unlike the exported format) with the textrec source
-    beside it, so ``mlflow.pytorch.load_model("models:/textrec-line@champion")`` works on a machine
-    without textrec; the textrec ``model.pt`` (charset, stem, decoder) travels as ``extra_files``.
+    version: str
+    model_id: str  # the LoggedModel (``models:/<model_id>``): its metrics and inputs live there
+    run_id: str  # the run the model was logged from
+
+
+def log_line_version(model_pt: str | os.PathLike, run_id: str, *, model_name: str = MODEL_NAME,
+                     tags: Mapping[str, str] | None = None, tracking_uri: str | None = None,
+                     step: int | None = None) -> LoggedVersion:
+    """Log ``model.pt`` from run ``run_id`` as a pyfunc model and register it (alias ``challenger``);
+    the new version's source run is ``run_id``.
+
+    ``step`` is the run's step the model comes from; None: the best epoch of the run's history of
+    the metric that picked the best checkpoint (``selected_by`` in the artifact's metrics).
+    ``mlflow.pyfunc.load_model("models:/textrec-line@champion")`` then reads images
+    (:mod:`textrec.tracking.pyfunc`), and :func:`download_model` gets ``model.pt`` back.
     """
     import mlflow
 
-    import textrec
-    from textrec.artifact import load_artifact
+    from textrec.artifact import read_artifact
+    from textrec.tracking.pyfunc import log_line_model
 
     client = mlflow_client(tracking_uri)
-    model, info = load_artifact(model_pt)
-    with _active_run(run_id):
-        logged = mlflow.pytorch.log_model(
-            model, name="model", serialization_format="pickle", pip_requirements=_pip_requirements(),
-            extra_files=[str(model_pt)], code_paths=[str(Path(textrec.__file__).parent)],
-            metadata={"textrec_model": info["model_name"], "charset": info["charset"]})
+    if step is None:
+        monitor = str((read_artifact(model_pt).get("metrics") or {}).get("selected_by") or "")
+        step = best_step(run_id, monitor, tracking_uri=tracking_uri)
+    logged = log_line_model(model_pt, run_id, step=step, tags=tags)
     mv = mlflow.register_model(logged.model_uri, model_name, tags=dict(tags or {}))
     client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
-    return str(mv.version)
+    return LoggedVersion(str(mv.version), str(logged.model_id), run_id)
+
+
+def log_model_version(model_pt: str | os.PathLike, run_id: str, *, model_name: str = MODEL_NAME,
+                      tags: Mapping[str, str] | None = None, tracking_uri: str | None = None,
+                      step: int | None = None) -> str:
+    """:func:`log_line_version`, returning only the new version."""
+    return log_line_version(model_pt, run_id, model_name=model_name, tags=tags, tracking_uri=tracking_uri,
+                            step=step).version
 
 
 def alias_version(client, model_name: str, alias: str):
@@ -71,19 +87,6 @@ def alias_version(client, model_name: str, alias: str):
         return client.get_model_version_by_alias(model_name, alias)
     except MlflowException:
         return None
-
-
-@contextmanager
-def _active_run(run_id: str) -> Iterator[None]:
-    """Make ``run_id`` the active run for the block (it may already be: a step logging its model)."""
-    import mlflow
-
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id == run_id:
-        yield
-        return
-    with mlflow.start_run(run_id=run_id, nested=active is not None):
-        yield
 
 
 def download_model(model_name: str, version_or_alias: str, dest: str | os.PathLike, *,
@@ -102,9 +105,10 @@ def download_model(model_name: str, version_or_alias: str, dest: str | os.PathLi
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         except MlflowException as e:
             raise TrackingError(f"{uri}: cannot download from the MLflow registry ({e})") from e
-        found = local / "extra_files" / MODEL
-        if not found.is_file():
-            raise TrackingError(f"{uri}: the logged model has no extra_files/model.pt (not logged by textrec?)")
+        found = next((local / p for p in MODEL_PT_PATHS if (local / p).is_file()), None)
+        if found is None:
+            raise TrackingError(f"{uri}: the logged model has no {' or '.join(MODEL_PT_PATHS)} "
+                                "(not logged by textrec?)")
         publish(found, dest / MODEL)
     return dest / MODEL
 

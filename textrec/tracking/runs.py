@@ -34,6 +34,8 @@ TAG_REAL_VAL_CER = "textrec.real_val_cer"
 TAG_GIT = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
 PARENT_STEP = "pipeline"
+# The MLflow UI opens an experiment of this kind on its training runs (untagged: on the GenAI overview).
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 SYSTEM_METRICS_INTERVAL_S = 5.0  # seconds; TEXTREC_SYSTEM_METRICS_INTERVAL overrides
 
 
@@ -88,18 +90,25 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
 
 def ensure_experiment(name: str = EXPERIMENT, artifact_location: str | None = None,
                       tracking_uri: str | None = None) -> str:
-    """The experiment's id, creating it (with ``artifact_location``, e.g. ``s3://bucket/mlflow``) if new."""
+    """The experiment's id, creating it (with ``artifact_location``, e.g. ``s3://bucket/mlflow``) if new.
+
+    The experiment is marked as one of model training (:data:`EXPERIMENT_KIND`), also when an older
+    one lacks the mark, unless someone gave it another kind.
+    """
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client(tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location or None)
+            return client.create_experiment(name, artifact_location=artifact_location or None,
+                                            tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
         except MlflowException:  # another step created it first
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
+    if TAG_EXPERIMENT_KIND not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
     if artifact_location and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
         warnings.warn(f"MLflow experiment {name!r} already stores artifacts at {exp.artifact_location}, "
                       f"not {artifact_location}; an experiment's location cannot change", stacklevel=2)
