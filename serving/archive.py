@@ -6,6 +6,11 @@ or from a local ``model.pt``. The archive's version is the registry version, and
 weights, so a served answer traces back to the exact training run.
 
     python -m serving.archive models:/textrec-line@champion --store .textrec/serve/model-store
+    python -m serving.archive models:/textrec-line@champion --store DIR --task page   # textrec-page
+
+A page archive holds the same ``model.pt`` as a line archive (page recognition is the segmenter in
+front of the line model); only its ``model-config.yaml`` differs: ``handler: {task: page}``, one page
+per call, and the page pixel limit.
 """
 
 from __future__ import annotations
@@ -20,17 +25,22 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import yaml
 
-from serving.handler import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, SOURCE_FILE
-from textrec.tracking import MODEL_NAME
+from serving.handler import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_TASK, SOURCE_FILE, TASKS
+from textrec.recognizer import DEFAULT_MAX_PAGE_PIXELS
+from textrec.tracking import MODEL_NAME, PAGE_MODEL_NAME
 
 HANDLER = Path(__file__).with_name("handler.py")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
+SERVED_NAMES = {"line": MODEL_NAME, "page": PAGE_MODEL_NAME}  # the name each task is served under
+# A page is many lines, recognised together in one pass: one page per call already fills a batch, and
+# batching pages would only make a small page wait for a large one.
+PAGE_BATCH_SIZE = 1
 
 
 class ArchiveError(RuntimeError):
@@ -64,18 +74,32 @@ class ArchiveOptions:
     response_timeout_s: int = 60
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    task: str = DEFAULT_TASK  # "line" or "page": what one request is
+    max_page_pixels: int = DEFAULT_MAX_PAGE_PIXELS
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "workers", "response_timeout_s", "max_image_bytes", "max_pixels"):
+        for name in ("batch_size", "workers", "response_timeout_s", "max_image_bytes", "max_pixels",
+                     "max_page_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ArchiveOptions.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_batch_delay_ms < 0:
             raise ValueError(f"ArchiveOptions.max_batch_delay_ms must be >= 0, got {self.max_batch_delay_ms}")
+        if self.task not in TASKS:
+            raise ValueError(f"ArchiveOptions.task must be one of {list(TASKS)}, got {self.task!r}")
+
+    def for_task(self, task: str) -> ArchiveOptions:
+        """These options for serving ``task`` instead: a page archive reads one page per call, a line
+        archive made from page options gets the default batch size back. Limits and workers carry over."""
+        if task == self.task:
+            return self
+        return replace(self, task=task, batch_size=PAGE_BATCH_SIZE if task == "page" else ArchiveOptions.batch_size)
 
     def model_config(self) -> dict:
+        handler = {"task": self.task, "max_image_bytes": self.max_image_bytes, "max_pixels": self.max_pixels,
+                   "max_page_pixels": self.max_page_pixels}
         return {"minWorkers": self.workers, "maxWorkers": self.workers, "batchSize": self.batch_size,
                 "maxBatchDelay": self.max_batch_delay_ms, "responseTimeout": self.response_timeout_s,
-                "handler": {"max_image_bytes": self.max_image_bytes, "max_pixels": self.max_pixels}}
+                "handler": handler}
 
 
 def sha256(path: Path) -> str:
@@ -164,10 +188,12 @@ def _download_version(name: str, version: str, dest: Path) -> Path:
         raise ArchiveError(str(e)) from e
 
 
-def build_archive(source: ModelSource, model_store: str | os.PathLike, *, model_name: str = MODEL_NAME,
+def build_archive(source: ModelSource, model_store: str | os.PathLike, *, model_name: str | None = None,
                   options: ArchiveOptions = ArchiveOptions(), archive_format: str = "default",
                   overwrite: bool = False) -> Path:
-    """Write ``<model_store>/<model_name>-v<version>.mar`` atomically; returns its path."""
+    """Write ``<model_store>/<model_name>-v<version>.mar`` atomically; returns its path. The model name
+    defaults to the one the options' task is served under (``SERVED_NAMES``)."""
+    model_name = model_name or SERVED_NAMES[options.task]
     if not _VERSION.match(source.version):
         raise ArchiveError(f"version {source.version!r}: expected letters, digits, '.', '_' or '-'")
     store = Path(model_store)
@@ -225,7 +251,7 @@ def _replace(built: Path, final: Path) -> None:
 
 
 def archive_model(model: str | os.PathLike, model_store: str | os.PathLike, *, version: str | None = None,
-                  model_name: str = MODEL_NAME, options: ArchiveOptions = ArchiveOptions(),
+                  model_name: str | None = None, options: ArchiveOptions = ArchiveOptions(),
                   archive_format: str = "default", overwrite: bool = False) -> Path:
     """Resolve ``model`` (``models:/...`` or a local model.pt) and archive it into ``model_store``."""
     with tempfile.TemporaryDirectory(prefix="textrec-archive-") as tmp:
@@ -255,12 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="models:/NAME@ALIAS, models:/NAME/VERSION, or a local model.pt")
     p.add_argument("--store", type=Path, required=True, help="model store folder")
     p.add_argument("--version", default=None, help="archive version (default: the registry version)")
-    p.add_argument("--batch-size", type=int, default=ArchiveOptions.batch_size)
+    p.add_argument("--task", choices=TASKS, default=DEFAULT_TASK,
+                   help="what one request is (a page archive is served as " + SERVED_NAMES["page"] + ")")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default {ArchiveOptions.batch_size} (pages: {PAGE_BATCH_SIZE})")
     p.add_argument("--max-batch-delay-ms", type=int, default=ArchiveOptions.max_batch_delay_ms)
     p.add_argument("--archive-format", choices=["default", "no-archive"], default="default")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
-    opts = ArchiveOptions(batch_size=a.batch_size, max_batch_delay_ms=a.max_batch_delay_ms)
+    opts = ArchiveOptions(max_batch_delay_ms=a.max_batch_delay_ms).for_task(a.task)
+    if a.batch_size is not None:
+        opts = replace(opts, batch_size=a.batch_size)
     try:
         path = archive_model(a.model, a.store, version=a.version, options=opts,
                              archive_format=a.archive_format, overwrite=a.overwrite)

@@ -1,11 +1,13 @@
 """Serve a model version if it is not served already: on the local TorchServe, or on a cluster.
 
 - ``serve()`` is what ``make serve`` runs: start the local TorchServe with a model (default: the
-  registry's champion), or roll the running one to it.
+  registry's champion) served twice, as ``textrec-line`` (one line per request) and ``textrec-page``
+  (one page per request: the segmenter in front of the same model file), or roll the running one to it.
 - ``deploy_model()`` is the deploy step: it compares the version a model URI would be served as with
   the served one and changes nothing when they are equal. ``target="local"`` swaps versions live in
-  the local TorchServe (``serving.torchserve``); ``target="cluster"`` uploads the archive to the model
-  store and has ``cluster.rollout`` patch the serving Deployment, which rolls its pods.
+  the local TorchServe (``serving.torchserve``), every name it serves together; ``target="cluster"``
+  uploads the archive to the model store and has ``cluster.rollout`` patch the serving Deployment,
+  which rolls its pods.
 
 Archiving and uploading stay here (they are serving logic); ``cluster.rollout`` only talks to
 Kubernetes.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ class DeployResult:
     previous: str | None = None
     archive: str | None = None
     target: str = "local"
+    models: tuple[str, ...] = ()  # the served names rolled (locally: the line model, and pages if served)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,10 +62,12 @@ def deploy_model(model_uri: str = CHAMPION_URI, *, target: str = "local", versio
                  workdir: str | os.PathLike = DEFAULT_WORKDIR, model_name: str = MODEL_NAME,
                  workers: int = 1, model_store_uri: str | None = None, namespace: str = "default",
                  deployment: str = "textrec-serving", container: str = "torchserve", apps_api: Any = None,
-                 archive_options: Any = None) -> DeployResult:
+                 archive_options: Any = None, tasks: Sequence[str] | None = None) -> DeployResult:
     """Serve ``model_uri`` if it is not served already.
 
-    ``target="local"``: archive into the running local TorchServe's store and swap versions live.
+    ``target="local"``: archive into the running local TorchServe's store and swap versions live, for
+    each of ``tasks`` (``"line"`` as ``model_name``, ``"page"`` as ``textrec-page``; default: the tasks
+    the server serves now, so a roll moves lines and pages together).
     ``target="cluster"``: upload the archive to ``model_store_uri`` (s3://... or a path) and patch the
     serving Deployment so Kubernetes rolls new pods onto the new version (``apps_api``: an
     ``AppsV1Api``, by default the one ``cluster.client`` sets up).
@@ -76,29 +82,34 @@ def deploy_model(model_uri: str = CHAMPION_URI, *, target: str = "local", versio
     options = archive_options or ArchiveOptions(workers=workers)
     if target == "local":
         return _deploy_local(model_uri, wanted, workdir=workdir, model_name=model_name, workers=workers,
-                             options=options)
+                             options=options, tasks=tasks)
     return _deploy_cluster(model_uri, wanted, model_name=model_name, model_store_uri=str(model_store_uri),
                            namespace=namespace, deployment=deployment, container=container,
                            apps_api=apps_api, options=options)
 
 
 def _deploy_local(model_uri: str, wanted: str, *, workdir: str | os.PathLike, model_name: str, workers: int,
-                  options: Any) -> DeployResult:
-    from serving.archive import build_archive, resolve_model
+                  options: Any, tasks: Sequence[str] | None) -> DeployResult:
+    from serving.archive import SERVED_NAMES, build_archive, resolve_model
 
     server = TorchServeProcess.from_workdir(workdir)
     if server.pid() is None:
         raise ServeError(f"no TorchServe is running from {workdir}; start one with `make serve`")
-    served = server.default_version(model_name)
-    if served == wanted:
-        return DeployResult(False, f"{model_uri} is version {wanted}, which is already served", wanted, served)
+    names = {**SERVED_NAMES, "line": model_name}
+    chosen = list(tasks) if tasks else [t for t, name in names.items() if server.versions(name)] or ["line"]
+    served = {t: server.default_version(names[t]) for t in chosen}
+    models = tuple(names[t] for t in chosen)
+    if all(v == wanted for v in served.values()):
+        return DeployResult(False, f"{model_uri} is version {wanted}, which is already served", wanted,
+                            served[chosen[0]], models=models)
     with tempfile.TemporaryDirectory(prefix="textrec-deploy-") as tmp:
         source = resolve_model(model_uri, Path(tmp), version=wanted)
-        mar = build_archive(source, server.config.model_store, model_name=model_name, options=options,
-                            overwrite=True)
-    previous = server.swap(mar.name, source.version, model=model_name, workers=workers)
-    return DeployResult(True, f"now serving {model_uri} as version {source.version}", source.version,
-                        previous, str(mar))
+        mars = {t: build_archive(source, server.config.model_store, model_name=names[t],
+                                 options=options.for_task(t), overwrite=True) for t in chosen}
+    previous = server.swap_models({names[t]: mar.name for t, mar in mars.items()}, source.version,
+                                  workers=workers)
+    return DeployResult(True, f"now serving {model_uri} as version {source.version} ({', '.join(models)})",
+                        source.version, previous[names[chosen[0]]], str(mars[chosen[0]]), models=models)
 
 
 def _deploy_cluster(model_uri: str, wanted: str, *, model_name: str, model_store_uri: str,
@@ -111,7 +122,7 @@ def _deploy_cluster(model_uri: str, wanted: str, *, model_name: str, model_store
     served = rollout.served_version(deployment, namespace, api=apps_api)
     if served == wanted:
         return DeployResult(False, f"{model_uri} is version {wanted}, which {namespace}/{deployment} already "
-                            "serves", wanted, served, target="cluster")
+                            "serves", wanted, served, target="cluster", models=(model_name,))
     with tempfile.TemporaryDirectory(prefix="textrec-deploy-") as tmp:
         source = resolve_model(model_uri, Path(tmp) / "model", version=wanted)
         mar = build_archive(source, Path(tmp) / "store", model_name=model_name, options=options)
@@ -119,7 +130,7 @@ def _deploy_cluster(model_uri: str, wanted: str, *, model_name: str, model_store
         storage.upload(mar, dest)  # the archive is in the store before any pod is told to load it
     rollout.roll_out(deployment, namespace, rollout.rollout_patch(source, container, dest), api=apps_api)
     return DeployResult(True, f"{namespace}/{deployment} rolling to {model_uri} version {source.version}",
-                        source.version, served, dest, target="cluster")
+                        source.version, served, dest, target="cluster", models=(model_name,))
 
 
 # --- `make serve` ---------------------------------------------------------------------------------
@@ -137,9 +148,10 @@ def tracking_uri_from_last_run(path: Path = LAST_RUN) -> str | None:
 def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORKDIR,
           config: ServeConfig | None = None, version: str | None = None, options: Any = None,
           timeout: float = 180.0) -> TorchServeProcess:
-    """Start (or update) the local TorchServe with ``model`` (default: the registry's champion);
-    ``options`` (an ``ArchiveOptions``) sets batching and the handler's limits."""
-    from serving.archive import ArchiveOptions, build_archive, resolve_model
+    """Start (or update) the local TorchServe with ``model`` (default: the registry's champion), served
+    as the line model and the page model (``SERVED_NAMES``); ``options`` (an ``ArchiveOptions``) sets
+    batching and the handler's limits, the page archive taking them through ``for_task("page")``."""
+    from serving.archive import SERVED_NAMES, ArchiveOptions, build_archive, resolve_model
 
     workdir = Path(workdir)
     if model is None:
@@ -151,18 +163,21 @@ def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORK
         model = CHAMPION_URI
     cfg = config or ServeConfig(model_store=workdir / "model-store", enable_model_api=True)
     server = TorchServeProcess(cfg, workdir)
-    if server.pid() is not None:  # already up: roll it to this model instead
+    if server.pid() is not None:  # already up: roll it to this model instead (adding pages if missing)
         server = TorchServeProcess.from_workdir(workdir)
-        deploy_model(model, version=version, workdir=workdir, archive_options=options)
-        server.wait_ready()
+        deploy_model(model, version=version, workdir=workdir, archive_options=options, tasks=list(SERVED_NAMES))
+        for name in SERVED_NAMES.values():
+            server.wait_ready(name)
         return server
+    options = options or ArchiveOptions(workers=cfg.workers_per_model)
     with tempfile.TemporaryDirectory(prefix="textrec-serve-") as tmp:
         source = resolve_model(model, Path(tmp), version=version or model_version(str(model)))
-        mar = build_archive(source, cfg.model_store, overwrite=True,
-                            options=options or ArchiveOptions(workers=cfg.workers_per_model))
-    server.start({MODEL_NAME: mar.name}, timeout=timeout)
+        mars = {name: build_archive(source, cfg.model_store, model_name=name, options=options.for_task(task),
+                                    overwrite=True).name for task, name in SERVED_NAMES.items()}
+    server.start(mars, timeout=timeout)
     try:
-        server.wait_ready(timeout=timeout)
+        for name in mars:
+            server.wait_ready(name, timeout=timeout)
     except ServeError:
         server.stop()
         raise

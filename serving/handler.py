@@ -1,6 +1,6 @@
 """TorchServe handler for textrec: a thin wrapper over :class:`textrec.recognizer.Recognizer`.
 
-One request = one line image, sent as any of:
+One request = one line image (or, in an archive built for the ``page`` task, one page), sent as any of:
 
 - a raw PNG/JPEG body (``curl -T line.png`` or ``--data-binary`` with ``Content-Type: image/png``),
 - multipart form data with the image in a ``data`` (or ``file`` / ``image``) field,
@@ -11,6 +11,14 @@ batch of requests; the good ones are recognised together in one forward pass, an
 not an image, truncated, too large, unsupported mode) gets its own 4xx JSON error while the rest of
 its batch is answered normally. The image decoding and the preprocessing stem are the Recognizer's,
 the same code that evaluation and ``textrec predict`` run, so serving cannot drift from training.
+
+Pages: the archive's ``model-config.yaml`` says ``handler: {task: page}`` (``serving.archive``
+writes it). The same model file then answers whole pages through
+:meth:`~textrec.recognizer.Recognizer.recognise_page` (segmentation, then the line model):
+``{"text": ..., "lines": [{"box": [x0, y0, x1, y1], "text": ..., "confidence": ...}], "confidence": ...,
+"version": ...}``, the page's confidence being its weakest line's. A page is read on its own, so one
+that cannot be read fails alone; the pixel limit is ``max_page_pixels`` (413 above it), the rest of the
+bad-input contract is the line one.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from textrec.recognizer import ImageError, Recognizer, decode_image
+from textrec.recognizer import DEFAULT_MAX_PAGE_PIXELS, ImageError, PageReading, Recognizer, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,8 @@ MAGIC = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "TIFF": (b"
 SOURCE_FILE = "textrec-source.json"  # provenance written by serving/archive.py
 PAYLOAD_FIELDS = ("data", "body", "file", "image")  # TorchServe: multipart field name, or "body"
 USAGE = 'send a PNG/JPEG body, multipart form data with a "data" field, or JSON {"image": "<base64>"}'
+TASKS = ("line", "page")  # what one request is; the archive's handler.task picks one
+DEFAULT_TASK = "line"
 
 
 @dataclass
@@ -55,7 +65,7 @@ class RequestError(Exception):
 
 
 class TextrecHandler(BaseHandler):
-    """Batch line recognition; see the module docstring for the request forms."""
+    """Batch line (or page) recognition; see the module docstring for the request forms."""
 
     def initialize(self, context: Any) -> None:
         model_dir = Path(context.system_properties["model_dir"])
@@ -68,6 +78,10 @@ class TextrecHandler(BaseHandler):
         options = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         self.max_image_bytes = int(options.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES))
         self.max_pixels = int(options.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self.max_page_pixels = int(options.get("max_page_pixels", DEFAULT_MAX_PAGE_PIXELS))
+        self.task = str(options.get("task", DEFAULT_TASK))
+        if self.task not in TASKS:
+            raise ValueError(f"model-config.yaml handler.task: unknown {self.task!r}; known: {list(TASKS)}")
         self.formats = tuple(str(f).upper() for f in options.get("formats", DEFAULT_FORMATS))
         unknown = [f for f in self.formats if f not in MAGIC]
         if unknown:
@@ -76,20 +90,24 @@ class TextrecHandler(BaseHandler):
         source = model_dir / SOURCE_FILE
         self.source = json.loads(source.read_text()) if source.exists() else {}
         self.initialized = True
-        logger.info("textrec model %s version %s loaded from %s on %s", context.manifest["model"].get("modelName"),
-                    self.version, self.source.get("model_uri", model_dir / model_file), self.device)
+        logger.info("textrec %s model %s version %s loaded from %s on %s", self.task,
+                    context.manifest["model"].get("modelName"), self.version,
+                    self.source.get("model_uri", model_dir / model_file), self.device)
 
     # --- the three steps -------------------------------------------------------------------------
 
     def preprocess(self, data: list[dict]) -> list[Any]:
-        """Requests -> stem tensors (1, H, W), or a RequestError in the place of a bad request.
+        """Requests -> stem tensors (1, H, W) (pages: grey page arrays), or a RequestError in the place
+        of a bad request.
 
         The stem is the Recognizer's, i.e. the artifact's: the preprocessing the model was trained
         with. Whatever goes wrong with one request is kept to that request."""
         out: list[Any] = []
         for idx, row in enumerate(data):
             try:
-                out.append(self.recognizer.preprocess(self._decode(self._payload(row, idx))))
+                image = self._decode(self._payload(row, idx))
+                out.append(self.recognizer.page_grey(image) if self.task == "page"
+                           else self.recognizer.preprocess(image))
             except RequestError as e:
                 out.append(e)
             except Exception as e:  # noqa: BLE001 (a bug must not fail the whole batch)
@@ -98,7 +116,10 @@ class TextrecHandler(BaseHandler):
         return out
 
     def inference(self, data: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
-        """Recognise every good image of the batch in one forward pass; errors pass through in place."""
+        """Recognise every good image of the batch in one forward pass (pages: one page at a time, its
+        lines in one pass); errors pass through in place."""
+        if self.task == "page":
+            return [x if isinstance(x, RequestError) else self._read_page(i, x) for i, x in enumerate(data)]
         good = [i for i, x in enumerate(data) if not isinstance(x, RequestError)]
         results = list(data)
         if good:
@@ -116,9 +137,20 @@ class TextrecHandler(BaseHandler):
                 self.context.set_response_status(r.status, r.kind, idx)
                 out.append(r.to_json())
             else:
-                out.append(json.dumps({"text": r.text, "confidence": round(float(r.confidence), 6),
-                                       "version": self.version}))
+                out.append(json.dumps(self._answer(r)))
         return out
+
+    def _read_page(self, idx: int, grey: Any) -> PageReading | RequestError:
+        """One page, read alone: a page that breaks segmentation or the model fails by itself."""
+        try:
+            return self.recognizer.recognise_page(grey, name=f"page {idx}")
+        except Exception as e:  # noqa: BLE001 (a bug must not fail the whole batch)
+            logger.exception("page %d of the batch could not be read", idx)
+            return RequestError(500, "InternalError", f"could not read the page: {e}")
+
+    def _answer(self, r: Any) -> dict:
+        head = r.to_json() if isinstance(r, PageReading) else {"text": r.text}
+        return {**head, "confidence": round(float(r.confidence), 6), "version": self.version}
 
     # --- request parsing -------------------------------------------------------------------------
 
@@ -155,6 +187,8 @@ class TextrecHandler(BaseHandler):
             what = f"a {found} image" if found else f"not a known image format (starts {payload[:8]!r})"
             raise RequestError(415, "UnsupportedImage", f"the body is {what}; accepted: {', '.join(self.formats)}")
         try:
+            if self.task == "page":
+                return decode_image(payload, name="page", max_pixels=self.max_page_pixels)
             return decode_image(payload, max_pixels=self.max_pixels)
         except ImageError as e:
             status, kind = _classify(str(e))

@@ -5,7 +5,8 @@ Everything a running server needs lives in that folder (``.textrec/serve`` by de
 commands find the ports), ``key_file.json`` (TorchServe writes its tokens to its working directory),
 ``model-store/``, ``logs/`` and ``tmp/`` (TorchServe's pid file goes to ``$TMPDIR``, so two servers
 never share one). ``TorchServeProcess`` starts and stops it, reads its tokens, talks to its inference
-and management APIs, and swaps model versions with no failed request.
+and management APIs, and swaps model versions with no failed request, for several served names at
+once (the line and page models are one model file under two names).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -321,13 +323,26 @@ class TorchServeProcess:
         """Roll ``model`` to ``version`` (already in the store as ``archive``) with no failed request:
         register, scale up, check a real prediction, make it the default, then drop the old versions.
         Returns the previous default version."""
-        previous = self.default_version(model)
-        if version not in self.versions(model):
-            self.register(archive, workers=workers, timeout=timeout)
-        self.scale(model, version, workers, timeout=timeout)
-        self.wait_ready(model, version, workers=workers, timeout=timeout)
-        self.set_default(model, version)
-        for old in self.versions(model):
-            if old != version:
-                self.unregister(model, old, timeout=timeout)
+        return self.swap_models({model: archive}, version, workers=workers, timeout=timeout)[model]
+
+    def swap_models(self, archives: Mapping[str, str], version: str, *, workers: int = 1,
+                    timeout: float = 120.0) -> dict[str, str | None]:
+        """``swap`` for several names ({model name: archive in the store}) rolled to one ``version``.
+
+        Every new version is loaded and answers before any default moves, and the defaults then move
+        back to back, so the names change over together; a name that fails to load leaves every name on
+        its old version. Old versions are dropped last. Returns each name's previous default version."""
+        previous = {model: self.default_version(model) for model in archives}
+        for model, archive in archives.items():
+            if version not in self.versions(model):
+                self.register(archive, workers=workers, timeout=timeout)
+            self.scale(model, version, workers, timeout=timeout)
+        for model in archives:
+            self.wait_ready(model, version, workers=workers, timeout=timeout)
+        for model in archives:
+            self.set_default(model, version)
+        for model in archives:
+            for old in self.versions(model):
+                if old != version:
+                    self.unregister(model, old, timeout=timeout)
         return previous

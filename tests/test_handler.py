@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.handler_context import FakeContext
 from fixtures.serving import line_png, make_model_pt, noise_png, tiny_options
 from PIL import Image
 
@@ -29,35 +30,6 @@ from textrec.tracking import MODEL_NAME
 pytest.importorskip("ts")
 from serving import handler as handler_module  # noqa: E402
 from serving.handler import TextrecHandler  # noqa: E402
-
-
-class FakeMetrics:
-    def add_time(self, *args, **kwargs) -> None:
-        pass
-
-
-class FakeContext:
-    """What the handler uses of ``ts.context.Context``: model dir, manifest, per-request headers and
-    response statuses."""
-
-    def __init__(self, model_dir: Path, *, version: str = "7", handler_options: dict | None = None) -> None:
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
-        self.manifest = {"model": {"modelName": MODEL_NAME, "modelVersion": version,
-                                   "serializedFile": "model.pt", "handler": "handler.py"}}
-        self.model_yaml_config = {"handler": handler_options} if handler_options else {}
-        self.metrics = FakeMetrics()
-        self.headers: dict[int, dict[str, dict]] = {}
-        self.statuses: dict[int, tuple[int, str]] = {}
-        self.content_types: dict[int, str] = {}
-
-    def get_request_header(self, idx: int, key: str):
-        return self.headers.get(idx, {}).get(key)
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        self.statuses[idx] = (code, phrase)
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.content_types[idx] = value
 
 
 @pytest.fixture(scope="module")
