@@ -119,10 +119,10 @@ MODEL ?=
 .PHONY: serve serve-stop
 
 serve: $(STAMP)
-	$(BIN)/python -m serving serve $(if $(MODEL),--model "$(MODEL)",)
+	$(BIN)/python -m serving serve $(if $(MODEL),--model "$(MODEL)",) $(if $(RUNTIME),--runtime "$(RUNTIME)",)
 
 serve-stop: $(STAMP)
-	$(BIN)/python -m serving stop
+	$(BIN)/python -m serving stop $(if $(RUNTIME),--runtime "$(RUNTIME)",)
 
 # Train one recipe without the pipeline: configs/$(PROFILE).yaml into .textrec/runs/$(PROFILE)
 # (resumes from its last checkpoint if interrupted); TRAIN_ARGS adds overrides, e.g. --loop.epochs=3.

@@ -1,11 +1,14 @@
-"""Serving throughput and latency: TorchServe (batching on and off) against the same model in-process.
+"""Serving throughput and latency: TorchServe (batching on and off) and the Open Inference Protocol v2
+server (``serving.oip``), against the same model in-process.
 
     python benchmarks/serve.py                        # the default line_cnn_lstm, untrained weights
     python benchmarks/serve.py --model runs/cpu/model.pt --requests 600 --json
 
 One TorchServe on 127.0.0.1 serves the model twice: ``textrec-line`` with TorchServe batching (batch
 ``--batch-size``, ``--max-batch-delay-ms``) and ``textrec-line-nobatch`` with batch 1, one worker each
-with one OpenMP thread. For each concurrency, ``--requests`` PNG line images are posted by that many
+with one OpenMP thread; beside it, the OIP server (``oip/textrec-line``: one process, one thread, one
+line per request, base64 in JSON; the request bodies are encoded before the clock starts). For each
+concurrency, ``--requests`` PNG line images are posted by that many
 client threads; lines/s is requests over wall time, latencies are per request as the client saw them.
 In-process figures run the same model on the same PNG bytes (decoding included) with one thread,
 one line at a time and in batches of ``--batch-size``. Untrained weights cost the same as trained
@@ -35,6 +38,8 @@ from PIL import Image
 
 from serving.archive import ArchiveOptions, archive_model
 from serving.config import ServeConfig
+from serving.oip import OipConfig
+from serving.oip_process import OipServerProcess, infer_request
 from serving.torchserve import TorchServeProcess
 from textrec.artifact import save_artifact
 from textrec.charset import DEFAULT_CHARSET
@@ -44,6 +49,7 @@ from textrec.stem import LineStem, StemConfig
 from textrec.tracking import MODEL_NAME
 
 NOBATCH = f"{MODEL_NAME}-nobatch"
+OIP = f"oip/{MODEL_NAME}"
 
 
 def free_port() -> int:
@@ -93,6 +99,18 @@ def in_process(model_pt: Path, images: list[bytes], batch_size: int, repeat: int
 def load_test(server: TorchServeProcess, model: str, images: list[bytes], requests_n: int, concurrency: int) -> dict:
     url = f"{server.config.inference_url}/predictions/{model}"
     headers = {"Authorization": f"Bearer {server.token()}", "Content-Type": "image/png"}
+    return measure(model, url, images, headers, requests_n, concurrency)
+
+
+def load_test_oip(server: OipServerProcess, images: list[bytes], requests_n: int, concurrency: int) -> dict:
+    url = f"{server.url}/v2/models/{server.config.model_name}/infer"
+    headers = {"Authorization": f"Bearer {server.token()}", "Content-Type": "application/json"}
+    bodies = [json.dumps(infer_request([im])).encode() for im in images]
+    return measure(OIP, url, bodies, headers, requests_n, concurrency)
+
+
+def measure(model: str, url: str, bodies: list[bytes], headers: dict, requests_n: int, concurrency: int) -> dict:
+    """``requests_n`` POSTs of ``bodies`` (in turn) from ``concurrency`` threads: lines/s, p50, p99."""
     local = threading.local()
 
     def one(i: int) -> tuple[float, bool]:
@@ -100,7 +118,7 @@ def load_test(server: TorchServeProcess, model: str, images: list[bytes], reques
             local.session = requests.Session()
         t0 = time.perf_counter()
         try:
-            ok = local.session.post(url, data=images[i % len(images)], headers=headers, timeout=120).ok
+            ok = local.session.post(url, data=bodies[i % len(bodies)], headers=headers, timeout=120).ok
         except requests.RequestException:
             ok = False
         return time.perf_counter() - t0, ok
@@ -134,6 +152,17 @@ def start_server(root: Path, model_pt: Path, batch_size: int, delay_ms: int) -> 
     return server
 
 
+def start_oip(root: Path, model_pt: Path) -> OipServerProcess:
+    server = OipServerProcess(OipConfig(port=free_port()), root / "oip")
+    server.start(model_pt, "1")
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="model.pt (default: untrained line_cnn_lstm)")
@@ -150,9 +179,14 @@ def main() -> int:
         local = in_process(model_pt, images, a.batch_size, repeat=max(1, a.requests // len(images)))
         server = start_server(root, model_pt, a.batch_size, a.max_batch_delay_ms)
         try:
-            # Interleaved, so that load from elsewhere on the machine hits both settings alike.
-            rows = [load_test(server, m, images, a.requests, c)
-                    for c in a.concurrency for m in (MODEL_NAME, NOBATCH)]
+            oip = start_oip(root, model_pt)
+            try:
+                # Interleaved, so that load from elsewhere on the machine hits every setting alike.
+                rows = [load_test_oip(oip, images, a.requests, c) if m == OIP
+                        else load_test(server, m, images, a.requests, c)
+                        for c in a.concurrency for m in (MODEL_NAME, NOBATCH, OIP)]
+            finally:
+                oip.stop()
         finally:
             server.stop()
     report(rows, local, a)

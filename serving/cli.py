@@ -1,8 +1,10 @@
-"""``python -m serving serve|deploy|stop``: the local TorchServe from the command line.
+"""``python -m serving serve|deploy|stop``: the local TorchServe (or the OIP v2 server) from the command line.
 
     python -m serving serve [--model PATH|models:/textrec-line@champion]   # what `make serve` runs
+    python -m serving serve --runtime kserve   # the Open Inference Protocol v2 server (serving.oip)
     python -m serving deploy [--model URI]     # roll the running server to the champion if it moved
     python -m serving stop                     # what `make serve-stop` runs
+    python -m serving stop --runtime kserve
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from pathlib import Path
 
 from serving.deploy import CHAMPION_URI, deploy_model, serve
 from serving.torchserve import DEFAULT_WORKDIR, ServeError, TorchServeProcess
+from textrec.progress import quiet_when_piped
 from textrec.tracking import MODEL_NAME
+
+RUNTIMES = ("torchserve", "kserve")  # kserve: the Open Inference Protocol v2 server, serving.oip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,10 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("stop", help="torchserve --stop")
     for command in (s, d, t):
         command.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    for command in (s, t):
+        command.add_argument("--runtime", choices=RUNTIMES, default="torchserve",
+                             help="torchserve, or kserve: the Open Inference Protocol v2 server "
+                                  "(the protocol of KServe; in WORKDIR/oip, port 8090)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_when_piped()  # `make serve` downloads a model: one line, not a bar per file
     a = _parser().parse_args(argv)
     try:
         return _COMMANDS[a.command](a)
@@ -45,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 def _cmd_serve(a: argparse.Namespace) -> int:
     from serving.archive import ArchiveOptions
 
+    if a.runtime == "kserve":
+        return _serve_oip(a)
     options = ArchiveOptions(batch_size=a.batch_size) if a.batch_size else None
     server = serve(a.model, workdir=a.workdir, version=a.version, options=options)
     version = server.default_version()
@@ -57,12 +69,33 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_oip(a: argparse.Namespace) -> int:
+    from serving.oip_process import serve_oip
+
+    server = serve_oip(a.model, workdir=Path(a.workdir) / "oip", version=a.version)
+    answer = server.wait_ready()
+    name = server.config.model_name
+    print(f"the OIP v2 server is serving {name} version {answer['version']}")
+    print(f"  infer:    POST {server.url}/v2/models/{name}/infer")
+    print(f"  ready:    {server.url}/v2/health/ready")
+    print(f"  token:    'inference' key in {server.key_file}")
+    print(f"  logs:     {server.log_file}    stop: python -m serving stop --runtime kserve")
+    return 0
+
+
 def _cmd_deploy(a: argparse.Namespace) -> int:
     print(json.dumps(deploy_model(a.model, workdir=a.workdir).to_dict(), indent=2))
     return 0
 
 
 def _cmd_stop(a: argparse.Namespace) -> int:
+    if a.runtime == "kserve":
+        from serving.oip_process import OipServerProcess
+
+        oip = Path(a.workdir) / "oip"
+        stopped = (oip / "server.json").exists() and OipServerProcess.from_workdir(oip).stop()
+        print("the OIP server has stopped" if stopped else f"no OIP server running from {oip}")
+        return 0
     state = Path(a.workdir) / "server.json"
     stopped = state.exists() and TorchServeProcess.from_workdir(a.workdir).stop()
     print("TorchServe has stopped" if stopped else f"no TorchServe running from {a.workdir}")
