@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from textrec.progress import LOG_INTERVAL_S, quiet_when_piped
 from textrec.tracking import MODEL_NAME
 
 ROOT = Path(".textrec")
@@ -229,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     from textrec import tracking
 
     a = _parse(argv)
-    # Components stream their output into this log line by line: progress bars every 10 s, not per tick.
-    os.environ.setdefault("TQDM_MININTERVAL", "10")
+    # Components stream their output into this log line by line: a bar is a heartbeat, not a flood.
+    os.environ.setdefault("TQDM_MININTERVAL", str(LOG_INTERVAL_S))
+    quiet_when_piped()
     if a.stop_server:
         stopped = tracking.stop_local_server(a.root / "mlflow")
         print("stopped the local MLflow server" if stopped else "no local MLflow server was running")

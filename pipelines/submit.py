@@ -4,11 +4,13 @@
 
 Settings come from the environment: ``KFP_HOST`` (required: the Pipelines API endpoint),
 ``KFP_NAMESPACE`` (the user's profile namespace on multi-user installs), ``KFP_TOKEN`` (a bearer
-token, when the endpoint needs one), ``KFP_EXPERIMENT`` (default ``textrec``) and ``KFP_UI_HOST``
-(where run pages live, if not on ``KFP_HOST``). ``--profile`` sends ``configs/<profile>.yaml`` as the
+token, when the endpoint needs one), ``KFP_EXPERIMENT`` (default ``textrec``), ``KFP_UI_HOST``
+(where run pages live, if not on ``KFP_HOST``) and ``KFP_SERVICE_ACCOUNT`` (the service account the
+run's pods use, e.g. ``textrec-pipeline`` from the platform chart; empty: the Pipelines default). ``--profile`` sends ``configs/<profile>.yaml`` as the
 training config; ``--real-val URI`` (or ``REAL_VAL``) sets the ``real_val`` parameter, labelled real
 lines the run is judged on (an s3:// URI or a path the steps can read); ``--param NAME=VALUE`` sets any
-other pipeline parameter. The endpoint is checked
+other pipeline parameter, e.g. ``--param train_memory=32Gi`` (a number given to a string parameter,
+``--param train_cpu=8``, is sent as the string it was written as). The endpoint is checked
 first, with a short timeout, so a wrong or missing ``KFP_HOST`` fails in seconds and says what to set.
 The components run in ``TEXTREC_IMAGE`` (at compile time) or the default component image.
 """
@@ -42,7 +44,8 @@ def settings(environ: dict[str, str] | None = None) -> dict[str, str]:
     if not host.startswith(("http://", "https://")):
         raise SubmitError(f"KFP_HOST={host!r}: expected an http:// or https:// URL")
     return {"host": host, "namespace": env.get("KFP_NAMESPACE", ""), "token": env.get("KFP_TOKEN", ""),
-            "experiment": env.get("KFP_EXPERIMENT", "") or "textrec", "ui_host": env.get("KFP_UI_HOST", "")}
+            "experiment": env.get("KFP_EXPERIMENT", "") or "textrec", "ui_host": env.get("KFP_UI_HOST", ""),
+            "service_account": env.get("KFP_SERVICE_ACCOUNT", "")}
 
 
 def check_endpoint(host: str, token: str = "", timeout: float = CHECK_TIMEOUT_S) -> None:
@@ -89,11 +92,13 @@ def arguments(profile: str, params: dict[str, Any]) -> dict[str, Any]:
     args: dict[str, Any] = {"train_config": Path(prof.config).read_text(),
                             "synth_lines": prof.synth_lines(read_yaml(prof.config)),
                             "gpus_per_node": prof.gpus}
-    known = set(textrec_pipeline.component_spec.inputs or {})
-    unknown = sorted(set(params) - known)
+    inputs = textrec_pipeline.component_spec.inputs or {}
+    unknown = sorted(set(params) - set(inputs))
     if unknown:
-        raise SubmitError(f"unknown pipeline parameter(s) {unknown}; the pipeline takes {sorted(known)}")
-    return {**args, **params}
+        raise SubmitError(f"unknown pipeline parameter(s) {unknown}; the pipeline takes {sorted(inputs)}")
+    # YAML reads `train_cpu=8` as a number; the API refuses a number for a string parameter.
+    typed = {k: str(v) if inputs[k].type == "String" and not isinstance(v, str) else v for k, v in params.items()}
+    return {**args, **typed}
 
 
 def submit(cfg: dict[str, str], args: dict[str, Any], run_name: str) -> str:
@@ -108,7 +113,7 @@ def submit(cfg: dict[str, str], args: dict[str, Any], run_name: str) -> str:
                             existing_token=cfg["token"] or None)
         result = client.create_run_from_pipeline_package(
             str(package), arguments=args, run_name=run_name, experiment_name=cfg["experiment"],
-            namespace=cfg["namespace"] or None)
+            namespace=cfg["namespace"] or None, service_account=cfg.get("service_account") or None)
     return f"{(cfg['ui_host'] or cfg['host']).rstrip('/')}/#/runs/details/{result.run_id}"
 
 

@@ -12,17 +12,33 @@ registration always run, since each run must log and register its own model. Tra
 resume from the run's last checkpoint. GPU placement is set on the train step: accelerator type and
 count, a node selector and a toleration for tainted GPU nodes; ``plan_training`` drops the GPU
 request when the step trains on the CPU or only launches a multi-node job.
+
+Every step asks for CPU (request and limit) and memory (request = limit) through pipeline parameters,
+``<kind>_cpu``, ``<kind>_cpu_limit`` and ``<kind>_memory`` for four kinds of step (:data:`RESOURCES`),
+so a run sizes its pods without a recompile (KFP 2.17 takes pipeline parameters in ``set_cpu_request``
+and the other resource setters).
+
+What is submitted and compiled, ``textrec_pipeline_with_clean_up``, runs the steps (``textrec_pipeline``)
+in a ``dsl.ExitHandler`` whose exit task, ``clean_up_run``, deletes an orphaned TrainJob/PyTorchJob and
+marks the MLflow parent run FAILED when the run does not succeed. KFP takes no pipeline outputs from
+inside an ExitHandler, so the steps stay a pipeline of their own with the run's outputs: that is what
+``make local`` runs (kfp.local runs the one with the exit handler as well, without outputs).
 """
 
+import inspect
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
+from kfp.dsl.graph_component import GraphComponent
 
 from components import (
     COMPONENT_IMAGE,
+    clean_up_run,
     deploy_model,
     evaluate_cer,
     ingest_data,
@@ -34,11 +50,31 @@ from components import (
 from textrec.tracking import EXPERIMENT, MODEL_NAME
 
 PIPELINE_NAME = "textrec"
+DESCRIPTION = "Train, evaluate and register a handwritten line recognizer."
 YAML_PATH = Path(__file__).with_name("textrec_pipeline.yaml")
 ACCELERATOR = "nvidia.com/gpu"
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}  # the label NVIDIA's GPU feature discovery sets
 S3_SECRET = "textrec-s3"  # optional Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for S3 access
 TRAIN_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one kind of step asks for. Memory is requested as much as it is limited to: a pod that uses
+    more than it requested is the first evicted when its node runs short, which would cost a run its step."""
+
+    cpu: str  # request
+    cpu_limit: str
+    memory: str  # request and limit
+
+
+# The defaults of the <kind>_cpu, <kind>_cpu_limit and <kind>_memory pipeline parameters.
+RESOURCES = {
+    "data": Resources("1", "2", "4Gi"),  # ingest_data, synthesize_lines (renders and writes the stores)
+    "train": Resources("4", "8", "16Gi"),  # train_model's own pod; a multi-node job sizes its pods itself
+    "eval": Resources("1", "2", "4Gi"),  # evaluate_cer, register_model (which may re-score the champion)
+    "control": Resources("250m", "1", "2Gi"),  # plan_training, deploy_model, clean_up_run
+}
 
 
 class PipelineOutputs(NamedTuple):
@@ -52,6 +88,11 @@ class PipelineOutputs(NamedTuple):
     serving: str
 
 
+def _sized(task: dsl.PipelineTask, cpu: str, cpu_limit: str, memory: str) -> dsl.PipelineTask:
+    """CPU request and limit and memory (request = limit) on one step, from pipeline parameters."""
+    return task.set_cpu_request(cpu).set_cpu_limit(cpu_limit).set_memory_request(memory).set_memory_limit(memory)
+
+
 def _s3_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """S3 credentials from the optional Secret, for steps that read or write s3:// URIs."""
     return kubernetes.use_secret_as_env(
@@ -60,7 +101,7 @@ def _s3_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
                            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate and register a handwritten line recognizer.")
+@dsl.pipeline(name=f"{PIPELINE_NAME}-steps", description=DESCRIPTION)
 def textrec_pipeline(
     data_source: str = "none",
     synth_lines: int = 20000,
@@ -82,6 +123,18 @@ def textrec_pipeline(
     serving_deployment: str = "textrec-serving",
     serving_namespace: str = "",
     serving_target: str = "cluster",
+    data_cpu: str = RESOURCES["data"].cpu,
+    data_cpu_limit: str = RESOURCES["data"].cpu_limit,
+    data_memory: str = RESOURCES["data"].memory,
+    train_cpu: str = RESOURCES["train"].cpu,
+    train_cpu_limit: str = RESOURCES["train"].cpu_limit,
+    train_memory: str = RESOURCES["train"].memory,
+    eval_cpu: str = RESOURCES["eval"].cpu,
+    eval_cpu_limit: str = RESOURCES["eval"].cpu_limit,
+    eval_memory: str = RESOURCES["eval"].memory,
+    control_cpu: str = RESOURCES["control"].cpu,
+    control_cpu_limit: str = RESOURCES["control"].cpu_limit,
+    control_memory: str = RESOURCES["control"].memory,
 ) -> PipelineOutputs:
     """Parameters: data_source 'none' | 'emnist:<uri>' | 'iam:<uri>'; synth_lines synthetic lines to
     render; train_config a training config as YAML text (configs/*.yaml; empty: defaults) with config_overrides
@@ -93,22 +146,28 @@ def textrec_pipeline(
     when the champion was scored on the same real set) must be to replace the champion; serving_* where a new
     champion goes: the model store prefix its .mar is uploaded to and the Deployment that is rolled
     (serving_namespace empty = the pipeline's own namespace); serving_target 'cluster', 'local' (a
-    TorchServe on the same machine) or 'none' (register only)."""
+    TorchServe on the same machine) or 'none' (register only); data_*, train_*, eval_* and control_* the
+    CPU request, CPU limit and memory (request = limit) of the data steps, the train step, evaluation and
+    registration, and the small steps (plan, deploy, clean-up), in Kubernetes quantities ('500m', '4Gi')."""
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    data, control = (data_cpu, data_cpu_limit, data_memory), (control_cpu, control_cpu_limit, control_memory)
+    evaluating = (eval_cpu, eval_cpu_limit, eval_memory)
 
-    ingest = _s3_credentials(ingest_data(data_source=data_source))
+    ingest = _s3_credentials(_sized(ingest_data(data_source=data_source), *data))
     ingest.set_caching_options(True)
-    lines = synthesize_lines(n_lines=synth_lines, seed=seed, emnist_lines=emnist_lines,
-                             source=ingest.outputs["dataset"], train_config=train_config,
-                             config_overrides=config_overrides)
+    lines = _sized(synthesize_lines(n_lines=synth_lines, seed=seed, emnist_lines=emnist_lines,
+                                    source=ingest.outputs["dataset"], train_config=train_config,
+                                    config_overrides=config_overrides), *data)
     lines.set_caching_options(True)
-    plan = plan_training(gpus_per_node=gpus_per_node, nodes=nodes, gpu_node_selector=gpu_node_selector)
+    plan = _sized(plan_training(gpus_per_node=gpus_per_node, nodes=nodes, gpu_node_selector=gpu_node_selector),
+                  *control)
     plan.set_caching_options(True)
 
     train = train_model(lines=lines.outputs["lines"], train_config=train_config,
                         config_overrides=config_overrides, epochs=epochs, gpus_per_node=gpus_per_node,
                         nodes=nodes, gpu_node_selector=gpu_node_selector, checkpoint_root=checkpoint_root,
                         real_val=real_val, pipeline_run_id=run_id, mlflow_uri=mlflow_uri, experiment=experiment)
+    _sized(train, train_cpu, train_cpu_limit, train_memory)
     train.set_caching_options(False).set_retry(TRAIN_RETRIES, backoff_duration="30s")
     train.set_accelerator_type(ACCELERATOR).set_accelerator_limit(plan.outputs["pod_gpus"])
     kubernetes.add_node_selector_json(train, plan.outputs["node_selector"])
@@ -117,8 +176,9 @@ def textrec_pipeline(
     train.set_env_variable("TEXTREC_S3_SECRET", S3_SECRET)
     _s3_credentials(train)
 
-    evaluation = evaluate_cer(model=train.outputs["model"], lines=lines.outputs["lines"], real_val=real_val,
-                              pipeline_run_id=run_id, mlflow_uri=mlflow_uri, experiment=experiment)
+    evaluation = _sized(evaluate_cer(model=train.outputs["model"], lines=lines.outputs["lines"],
+                                     real_val=real_val, pipeline_run_id=run_id, mlflow_uri=mlflow_uri,
+                                     experiment=experiment), *evaluating)
     evaluation.set_caching_options(False)
     _s3_credentials(evaluation)  # real_val may be on S3
 
@@ -129,7 +189,7 @@ def textrec_pipeline(
                               real_val_hash=evaluation.outputs["real_val_hash"], model_name=model_name,
                               promotion_margin=promotion_margin, pipeline_run_id=run_id,
                               mlflow_uri=mlflow_uri, experiment=experiment)
-    register.set_caching_options(False)
+    _sized(register, *evaluating).set_caching_options(False)
     _s3_credentials(register)
 
     # Always runs, and serves only a new champion: the step decides from the gate's outputs instead of
@@ -137,17 +197,42 @@ def textrec_pipeline(
     deploy = deploy_model(model_uri=register.outputs["model_uri"], promoted=register.outputs["promoted"],
                           mlflow_uri=mlflow_uri, model_store_uri=serving_model_store,
                           deployment=serving_deployment, namespace=serving_namespace, target=serving_target)
-    deploy.set_caching_options(False)
+    _sized(deploy, *control).set_caching_options(False)
     _s3_credentials(deploy)
 
     return PipelineOutputs(register.outputs["model_uri"], register.outputs["version"],
                            register.outputs["promoted"], deploy.outputs["changed"], deploy.outputs["reason"])
 
 
+def _with_clean_up(steps: GraphComponent) -> Callable[..., None]:
+    """A pipeline function with the parameters of ``steps`` that runs them in a ``dsl.ExitHandler`` whose
+    exit task is ``clean_up_run``. The steps stay a pipeline of their own because KFP takes no pipeline
+    outputs from inside an ExitHandler, and kfp.local runs them for their outputs."""
+    signature = inspect.signature(steps.pipeline_func)
+
+    def pipeline(*args: Any) -> None:  # KFP calls it with one channel per parameter, in order
+        p = dict(zip(signature.parameters, args, strict=True))
+        clean_up = clean_up_run(nodes=p["nodes"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                mlflow_uri=p["mlflow_uri"], experiment=p["experiment"])
+        _sized(clean_up, p["control_cpu"], p["control_cpu_limit"], p["control_memory"]).set_caching_options(False)
+        with dsl.ExitHandler(clean_up):
+            steps(**p)
+
+    pipeline.__signature__ = signature.replace(return_annotation=inspect.Signature.empty)  # type: ignore[attr-defined]
+    pipeline.__doc__ = steps.pipeline_func.__doc__
+    return pipeline
+
+
+# What runs on Kubeflow Pipelines (and is compiled to the golden file): the steps, then clean_up_run
+# whatever became of them.
+textrec_pipeline_with_clean_up = dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(
+    _with_clean_up(textrec_pipeline))
+
+
 def compile_pipeline(path: str | os.PathLike = YAML_PATH) -> Path:
-    """Compile to ``path`` (the golden file by default)."""
+    """Compile the pipeline with its exit handler to ``path`` (the golden file by default)."""
     path = Path(path)
-    compiler.Compiler().compile(textrec_pipeline, str(path))
+    compiler.Compiler().compile(textrec_pipeline_with_clean_up, str(path))
     return path
 
 

@@ -38,7 +38,11 @@ SERVING_PRODUCTION = {
     "torchserve": {"workers": 2, "jobQueueSize": 200},
     "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "3Gi"}},
     "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 10},
-    "networkPolicy": {"clients": [{"namespaceSelector": {"matchLabels": {"textrec/clients": "true"}}}],
+    "ingress": {"enabled": True, "className": "nginx", "host": "htr.example.com", "tlsSecret": "htr-example-tls",
+                "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "16m"}},
+    "networkPolicy": {"clients": [{"namespaceSelector": {"matchLabels": {"textrec/clients": "true"}}},
+                                  {"namespaceSelector": {"matchLabels": {
+                                      "kubernetes.io/metadata.name": "ingress-nginx"}}}],
                       "scrapers": [{"namespaceSelector": {"matchLabels": {
                           "kubernetes.io/metadata.name": "monitoring"}}}]},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
@@ -479,6 +483,169 @@ def test_helm_test_hooks_post_a_real_png_with_the_token(charts: Path) -> None:
     assert url == f"http://{RELEASE}-textrec-serving.{NAMESPACE}.svc:8080/predictions/textrec-line"
 
 
+# --- the pipeline's service account (platform chart) -----------------------------------------------
+
+def validate_strictly(doc: dict) -> None:
+    kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def rules_of(role: dict) -> dict[tuple[str, str], dict]:
+    return {(r["apiGroups"][0], r["resources"][0]): r for r in role["rules"]}
+
+
+def test_platform_grants_the_pipeline_what_its_steps_do_and_nothing_more(charts: Path) -> None:
+    from cluster.trainjob import KINDS
+    from pipelines.textrec_pipeline import textrec_pipeline
+
+    docs = render(charts, "textrec-platform", {})
+    account = one(docs, "ServiceAccount", "pipeline")
+    training, serving = one(docs, "Role", "training"), one(docs, "Role", "serving")
+    bindings = of_kind(docs, "RoleBinding")
+    for doc in (account, training, serving, *bindings):
+        validate_strictly(doc)
+    assert account["metadata"]["name"] == "textrec-pipeline"
+    assert account.get("automountServiceAccountToken") is not False  # its steps talk to the API server
+
+    rules = rules_of(training)
+    for group, _version, plural, kind in KINDS.values():  # every job kind cluster/trainjob.py may create
+        assert set(rules.pop((group, plural))["verbs"]) == {"create", "get", "watch", "delete"}, kind
+    assert not rules, f"rules for more than the steps use: {sorted(rules)}"
+    [(key, deployments)] = rules_of(serving).items()
+    assert key == ("apps", "deployments") and deployments["verbs"] == ["get", "patch"]  # cluster/rollout.py
+    served = {d["metadata"]["name"] for d in of_kind(docs, "Deployment")} - {"textrec-mlflow"}
+    default_target = inspect.signature(textrec_pipeline.pipeline_func).parameters["serving_deployment"].default
+    assert deployments["resourceNames"] == sorted(served) == [default_target]
+    assert "*" not in yaml.safe_dump([training["rules"], serving["rules"]])
+
+    assert sorted(b["roleRef"]["name"] for b in bindings) == sorted(r["metadata"]["name"] for r in (training, serving))
+    for b in bindings:
+        assert b["roleRef"]["kind"] == "Role"
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "textrec-pipeline", "namespace": NAMESPACE}]
+    assert {d["metadata"]["labels"]["app.kubernetes.io/instance"] for d in (account, training, *bindings)} == {RELEASE}
+
+
+def test_steps_in_the_pipelines_namespace_may_still_roll_the_serving_deployment(charts: Path) -> None:
+    docs = render(charts, "textrec-platform", {"pipeline": {"namespace": "kubeflow"}})
+    assert one(docs, "ServiceAccount", "pipeline")["metadata"]["namespace"] == "kubeflow"
+    # Jobs are made in the steps' own namespace; the Deployment stays in the release's.
+    assert one(docs, "Role", "training")["metadata"]["namespace"] == "kubeflow"
+    assert one(docs, "Role", "serving")["metadata"]["namespace"] == NAMESPACE
+    for binding in of_kind(docs, "RoleBinding"):
+        role = one(docs, "Role", binding["roleRef"]["name"])
+        assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+        assert binding["subjects"][0]["namespace"] == "kubeflow"
+
+
+def test_the_roles_can_go_to_the_account_pipelines_already_runs_steps_as(charts: Path) -> None:
+    docs = render(charts, "textrec-platform", {"pipeline": {"serviceAccount": {"create": False,
+                                                                               "name": "default-editor"},
+                                                        "servingDeployment": "htr-serving"}})
+    assert not [d for d in of_kind(docs, "ServiceAccount") if "default-editor" in d["metadata"]["name"]]
+    assert {b["subjects"][0]["name"] for b in of_kind(docs, "RoleBinding")} == {"default-editor"}
+    assert one(docs, "Role", "serving")["rules"][0]["resourceNames"] == ["htr-serving"]
+    bare = render(charts, "textrec-platform", {"pipeline": {"rbac": {"create": False}}})
+    assert not of_kind(bare, "Role") and not of_kind(bare, "RoleBinding")
+
+
+# --- Ingress and HTTPRoute (serving chart) ---------------------------------------------------------
+
+# The fields of a gateway.networking.k8s.io/v1 HTTPRoute that the chart may set (kubernetes-validate has
+# no schema for it, being a custom resource).
+HTTPROUTE_FIELDS = {"spec": {"parentRefs", "hostnames", "rules"},
+                    "parentRef": {"group", "kind", "namespace", "name", "sectionName", "port"},
+                    "rule": {"matches", "filters", "backendRefs", "timeouts", "name"},
+                    "backendRef": {"group", "kind", "name", "namespace", "port", "weight", "filters"}}
+HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+@pytest.mark.parametrize("chart", ["textrec-serving", "textrec-platform"])
+def test_ingress_and_http_route_are_off_by_default(charts: Path, chart: str) -> None:
+    docs = render(charts, chart, {})
+    assert not of_kind(docs, "Ingress") and not of_kind(docs, "HTTPRoute")
+
+
+def test_ingress_routes_the_inference_port_with_tls(charts: Path) -> None:
+    docs = render(charts, "textrec-serving", SERVING_PRODUCTION)
+    ingress, svc = one(docs, "Ingress"), one(docs, "Service")
+    validate_strictly(ingress)
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"secretName": "htr-example-tls", "hosts": ["htr.example.com"]}]
+    [rule] = ingress["spec"]["rules"]
+    assert rule["host"] == "htr.example.com"
+    [path] = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    backend = path["backend"]["service"]
+    assert backend == {"name": svc["metadata"]["name"], "port": {"name": "http"}}
+    assert {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"} in svc["spec"]["ports"]
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == "16m"
+
+
+def test_ingress_without_a_host_or_tls_serves_every_host(charts: Path) -> None:
+    ingress = one(render(charts, "textrec-serving", {"ingress": {"enabled": True}}), "Ingress")
+    validate_strictly(ingress)
+    assert "tls" not in ingress["spec"] and "host" not in ingress["spec"]["rules"][0]
+    assert "ingressClassName" not in ingress["spec"]  # the cluster's default class
+
+
+def test_http_route_attaches_to_the_gateway_and_routes_the_inference_port(charts: Path) -> None:
+    values = {"httpRoute": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateway",
+                                                            "sectionName": "https"}],
+                            "hostnames": ["htr.example.com"], "path": "/predictions"}}
+    docs = render(charts, "textrec-serving", values)
+    route, svc = one(docs, "HTTPRoute"), one(docs, "Service")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    spec = route["spec"]
+    assert set(spec) <= HTTPROUTE_FIELDS["spec"]
+    assert spec["parentRefs"] == values["httpRoute"]["parentRefs"]
+    assert all(set(ref) <= HTTPROUTE_FIELDS["parentRef"] for ref in spec["parentRefs"])
+    assert spec["hostnames"] == ["htr.example.com"] and all(HOSTNAME.match(h) for h in spec["hostnames"])
+    [rule] = spec["rules"]
+    assert set(rule) <= HTTPROUTE_FIELDS["rule"]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/predictions"}}]
+    [backend] = rule["backendRefs"]
+    assert set(backend) <= HTTPROUTE_FIELDS["backendRef"]
+    assert backend == {"name": svc["metadata"]["name"], "port": 8080}  # a Service port number, not a name
+    assert backend["port"] == next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
+    assert route["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+def test_http_route_needs_a_gateway_to_attach_to(charts: Path) -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"httpRoute\.parentRefs: required when httpRoute\.enabled"):
+        render(charts, "textrec-serving", {"httpRoute": {"enabled": True}})
+
+
+# --- security contexts from values -----------------------------------------------------------------
+
+def test_security_context_values_reach_every_pod_and_merge_over_the_defaults(charts: Path) -> None:
+    values = {"podSecurityContext": {"runAsUser": 2000, "runAsGroup": 2000, "fsGroup": 2000},
+              "containerSecurityContext": {"runAsUser": 2000, "runAsGroup": 2000, "seccompProfile": None}}
+    docs = render(charts, "textrec-serving", values)
+    specs = dict(pod_specs(docs))
+    assert set(specs) == {"Deployment/prod-textrec-serving", "Pod/prod-textrec-serving-test-predict"}
+    for where, spec in specs.items():
+        pod_sc = spec["securityContext"]
+        assert (pod_sc["runAsUser"], pod_sc["runAsGroup"], pod_sc["fsGroup"]) == (2000, 2000, 2000), where
+        assert pod_sc["runAsNonRoot"] is True and pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        for c in containers(spec):
+            sc = c["securityContext"]
+            assert sc["runAsUser"] == 2000 and sc["readOnlyRootFilesystem"] is True, (where, c["name"])
+            assert sc["capabilities"] == {"drop": ["ALL"]}, (where, c["name"])
+            assert "seccompProfile" not in sc, (where, c["name"])  # null leaves a default out (the pod's holds)
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Pod"):
+            validate_strictly(doc)
+
+
+def test_platform_passes_security_contexts_to_the_serving_pods(charts: Path) -> None:
+    docs = render(charts, "textrec-platform", {"serving": {"podSecurityContext": {"runAsUser": 3000},
+                                                           "containerSecurityContext": {"runAsUser": 3000}}})
+    spec = one(docs, "Deployment", "serving")["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsUser"] == 3000 and spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["containers"][0]["securityContext"]["runAsUser"] == 3000
+    mlflow = one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]
+    assert mlflow["securityContext"]["runAsUser"] != 3000  # the serving chart's values only
+
+
 # --- schema and clear errors ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("chart,values,expected", [
@@ -490,6 +657,14 @@ def test_helm_test_hooks_post_a_real_png_with_the_token(charts: Path) -> None:
     ("textrec-mlflow", {"mlflow": {"artifactsDestination": "/data/artifacts"}}, "/mlflow/artifactsDestination"),
     ("textrec-mlflow", {"postgresql": {"storage": {"size": "lots"}}}, "/postgresql/storage/size"),
     ("textrec-mlflow", {"replicaCount": 1.5}, "/replicaCount"),
+    ("textrec-serving", {"ingress": {"pathType": "Regex"}}, "/ingress/pathType"),
+    ("textrec-serving", {"ingress": {"host": "HTR.example.com"}}, "/ingress/host"),
+    ("textrec-serving", {"httpRoute": {"hostnames": ["not a host"]}}, "/httpRoute/hostnames/0"),
+    ("textrec-serving", {"httpRoute": {"parentRefs": [{"namespace": "gateway"}]}}, "/httpRoute/parentRefs/0"),
+    ("textrec-serving", {"containerSecurityContext": {"readOnlyRootFileSystem": True}}, "readOnlyRootFileSystem"),
+    ("textrec-serving", {"podSecurityContext": {"runAsUser": "1000"}}, "/podSecurityContext/runAsUser"),
+    ("textrec-platform", {"pipeline": {"serviceAccount": {"name": "Pipeline_Runner"}}}, "/pipeline/serviceAccount/name"),
+    ("textrec-platform", {"pipeline": {"rbac": {"create": "yes"}}}, "/pipeline/rbac/create"),
 ])
 def test_schema_rejects_bad_values(charts: Path, chart: str, values: dict, expected: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=re.escape(expected)):

@@ -1,5 +1,6 @@
 """The compiled pipeline: the golden file is current, and the spec says what the pipeline promises
-(caching per step, retries on training, GPU placement, the component image, no installs at start)."""
+(caching per step, retries on training, GPU placement, CPU and memory on every task from pipeline
+parameters, the exit handler, the component image, no installs at start)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def spec(compiled) -> tuple[dict, dict]:
     return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
+def steps(pipeline: dict) -> dict:
+    """The tasks of the steps pipeline, which runs inside the exit handler."""
+    return pipeline["components"]["comp-textrec-steps"]["dag"]["tasks"]
+
+
 def test_golden_file_matches_a_fresh_compile(compiled):
     golden = GOLDEN.read_text()
     if compiled != golden:
@@ -47,14 +53,14 @@ def test_golden_file_matches_a_fresh_compile(compiled):
 
 
 def test_data_steps_are_cached_and_training_steps_are_not(spec):
-    tasks = spec[0]["root"]["dag"]["tasks"]
+    tasks = steps(spec[0])
     cached = {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()}
     assert cached["ingest-data"] and cached["synthesize-lines"] and cached["plan-training"]
     assert not cached["train-model"] and not cached["evaluate-cer"] and not cached["register-model"]
 
 
 def test_training_is_retried(spec):
-    retry = spec[0]["root"]["dag"]["tasks"]["train-model"]["retryPolicy"]
+    retry = steps(spec[0])["train-model"]["retryPolicy"]
     assert retry["maxRetryCount"] == 2
 
 
@@ -101,13 +107,15 @@ def test_textrec_image_at_compile_time_sets_every_steps_image(tmp_path):
 
 
 def test_pipeline_outputs_the_registered_model_and_what_became_of_serving(spec):
-    outputs = spec[0]["root"]["outputDefinitions"]["parameters"]
+    """On the steps pipeline, which kfp.local runs for them: KFP takes no outputs from an ExitHandler."""
+    outputs = spec[0]["components"]["comp-textrec-steps"]["outputDefinitions"]["parameters"]
     assert set(outputs) == {"model_uri", "version", "promoted", "deployed", "serving"}
+    assert "outputDefinitions" not in spec[0]["root"]
 
 
 def test_the_deploy_step_always_runs_and_decides_from_the_gate(spec):
     """No step sits in a condition: kfp.local skipped nested dsl.If branches it could not evaluate."""
-    tasks = spec[0]["root"]["dag"]["tasks"]
+    tasks = steps(spec[0])
     assert not [name for name, t in tasks.items() if "triggerPolicy" in t or name.startswith("condition")]
     deploy = tasks["deploy-model"]["inputs"]["parameters"]
     assert deploy["promoted"]["taskOutputParameter"] == {"outputParameterKey": "promoted",
@@ -119,7 +127,7 @@ def test_real_val_parameter_reaches_training_evaluation_and_the_gate(spec):
     pipeline, k8s = spec
     assert pipeline["root"]["inputDefinitions"]["parameters"]["real_val"] == {
         "defaultValue": "", "isOptional": True, "parameterType": "STRING"}
-    tasks = pipeline["root"]["dag"]["tasks"]
+    tasks = steps(pipeline)
     for task in ("train-model", "evaluate-cer"):
         assert tasks[task]["inputs"]["parameters"]["real_val"] == {"componentInputParameter": "real_val"}, task
     register = tasks["register-model"]["inputs"]["parameters"]
@@ -127,3 +135,81 @@ def test_real_val_parameter_reaches_training_evaluation_and_the_gate(spec):
         assert register[name]["taskOutputParameter"] == {"outputParameterKey": name, "producerTask": "evaluate-cer"}
     secrets = k8s["exec-evaluate-cer"]["secretAsEnv"]  # S3 credentials, for a real set on S3
     assert [s["secretName"] for s in secrets] == ["textrec-s3"]
+
+
+# --- resources ------------------------------------------------------------------------------------
+
+STEP_KINDS = {"exec-ingest-data": "data", "exec-synthesize-lines": "data", "exec-train-model": "train",
+              "exec-evaluate-cer": "eval", "exec-register-model": "eval", "exec-plan-training": "control",
+              "exec-deploy-model": "control", "exec-clean-up-run": "control"}
+
+
+def placeholder(name: str) -> str:
+    return f"{{{{$.inputs.parameters['pipelinechannel--{name}']}}}}"
+
+
+def test_every_task_asks_for_cpu_and_memory_from_pipeline_parameters(spec):
+    executors = spec[0]["deploymentSpec"]["executors"]
+    assert set(executors) == set(STEP_KINDS)  # a new step must be given a kind here
+    for name, kind in STEP_KINDS.items():
+        resources = executors[name]["container"]["resources"]
+        assert resources["resourceCpuRequest"] == placeholder(f"{kind}_cpu"), name
+        assert resources["resourceCpuLimit"] == placeholder(f"{kind}_cpu_limit"), name
+        assert resources["resourceMemoryRequest"] == placeholder(f"{kind}_memory"), name
+        assert resources["resourceMemoryLimit"] == placeholder(f"{kind}_memory"), name
+
+
+def test_resource_defaults_are_kubernetes_quantities_with_requests_within_limits(spec):
+    from kubernetes.utils import parse_quantity
+
+    from pipelines.textrec_pipeline import RESOURCES
+
+    params = spec[0]["root"]["inputDefinitions"]["parameters"]
+    for kind, r in RESOURCES.items():
+        assert parse_quantity(r.cpu) <= parse_quantity(r.cpu_limit), kind
+        assert parse_quantity(r.memory) >= 2**30, kind  # torch and mlflow alone take most of a GiB
+        for suffix, value in (("cpu", r.cpu), ("cpu_limit", r.cpu_limit), ("memory", r.memory)):
+            assert params[f"{kind}_{suffix}"] == {"defaultValue": value, "isOptional": True,
+                                                  "parameterType": "STRING"}, (kind, suffix)
+    assert parse_quantity(RESOURCES["train"].memory) > parse_quantity(RESOURCES["eval"].memory)
+
+
+def test_resource_parameters_written_as_numbers_are_sent_as_strings():
+    from pipelines import submit
+
+    args = submit.arguments("smoke", submit.parse_params(["train_cpu=8", "eval_cpu=0.5", "train_memory=32Gi",
+                                                          "epochs=3"]))
+    assert (args["train_cpu"], args["eval_cpu"], args["train_memory"]) == ("8", "0.5", "32Gi")
+    assert args["epochs"] == 3  # an integer parameter stays one
+
+
+# --- exit handler ---------------------------------------------------------------------------------
+
+def test_every_step_runs_inside_an_exit_handler_whose_task_sees_the_final_status(spec):
+    pipeline, _ = spec
+    root = pipeline["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "clean-up-run"}
+    assert set(pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]) == {"textrec-steps"}
+    assert set(steps(pipeline)) == {"ingest-data", "synthesize-lines", "plan-training", "train-model",
+                                    "evaluate-cer", "register-model", "deploy-model"}
+    exit_task = root["clean-up-run"]
+    assert exit_task["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}
+    assert exit_task["dependentTasks"] == ["exit-handler-1"]
+    inputs = exit_task["inputs"]["parameters"]
+    assert inputs["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    assert inputs["pipeline_run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+    for name in ("nodes", "mlflow_uri", "experiment"):
+        assert inputs[name] == {"componentInputParameter": name}, name
+    assert not exit_task["cachingOptions"].get("enableCache", False)
+
+
+def test_the_steps_get_every_parameter_of_the_run(spec):
+    """The steps pipeline is called with each of the run's parameters, none left at its own default."""
+    pipeline, _ = spec
+    run_params = set(pipeline["root"]["inputDefinitions"]["parameters"])
+    task = pipeline["components"]["comp-exit-handler-1"]["dag"]["tasks"]["textrec-steps"]
+    passed = task["inputs"]["parameters"]
+    assert set(passed) == run_params
+    assert all(passed[n] == {"componentInputParameter": f"pipelinechannel--{n}"} for n in run_params)
+    train = steps(pipeline)["train-model"]["inputs"]["parameters"]
+    assert train["pipeline_run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}

@@ -50,26 +50,14 @@ app.kubernetes.io/part-of: textrec
 {{- default (printf "%s-token" (include "textrec-serving.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
 
-{{/* Hardened settings shared by every container in the chart. */}}
+{{/* Security contexts of every pod and container in the chart (hardened defaults in values.yaml;
+keys set to null there are left out). */}}
 {{- define "textrec-serving.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-runAsUser: 1000
-runAsGroup: 1000
-capabilities:
-  drop: [ALL]
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.containerSecurityContext }}
 {{- end }}
 
 {{- define "textrec-serving.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 1000
-runAsGroup: 1000
-fsGroup: 1000
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.podSecurityContext }}
 {{- end }}
 
 {{/* GPUs requested in resources.limits; TorchServe is told the same number. */}}
