@@ -168,6 +168,9 @@ def summarise(outputs: dict[str, Any], uri: str, root: Path, seconds: float) -> 
         "artifact_location": info["download_uri"],
         "pipeline_run_id": info["tags"].get(tracking.TAG_PIPELINE_RUN, ""), "seconds": round(seconds, 1),
     }
+    source = tracking.mlflow_client(uri).get_run(info["run_id"]) if info.get("run_id") else None
+    if source is not None:
+        summary["runs_url"] = tracking.experiment_url(uri, source.info.experiment_id)
     steps = tracking.step_seconds(summary["pipeline_run_id"], tracking_uri=uri) if summary["pipeline_run_id"] else {}
     summary["step_seconds"] = {k: round(v, 1) for k, v in sorted(steps.items())}
     write_json(root / "last-run.json", summary)
@@ -185,6 +188,8 @@ def print_summary(s: dict[str, Any], root: Path = ROOT) -> None:
     if s.get("serving"):
         print(f"  serving    {s['serving']}")
     print(f"  MLflow     {s['tracking_uri']}/#/models/{s['model_name']}/versions/{s['version']}")
+    if s.get("runs_url"):
+        print(f"  runs       {s['runs_url']}")
     print(f"  artifacts  {s['artifact_location']}")
     local = _local_artifacts(s["artifact_location"], root)
     if local is not None:
@@ -238,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped the local MLflow server" if stopped else "no local MLflow server was running")
         return 0
     if a.serve_only:
-        print(f"MLflow: {tracking_uri(a.root)}")
+        uri = tracking_uri(a.root)
+        experiment = tracking.ensure_experiment(tracking_uri=uri)
+        print(f"MLflow: {uri}\n  runs: {tracking.experiment_url(uri, experiment)}")
         return 0
     if a.serving_target == "auto":
         a.serving_target = "local" if local_server_running() else "none"

@@ -34,8 +34,11 @@ TAG_REAL_VAL_CER = "textrec.real_val_cer"
 TAG_GIT = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
 PARENT_STEP = "pipeline"
-# The MLflow UI opens an experiment of this kind on its training runs (untagged: on the GenAI overview).
+# What kind of experiment this is, for MLflow (untagged, it infers one). The UI of MLflow 3.17 still
+# opens an experiment on the GenAI overview whatever its kind: the view is the browser's choice
+# (``workflowType``, kept in local storage), so links into the UI name it (:func:`experiment_url`).
 TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+UI_WORKFLOW = "workflowType=machine_learning"  # the UI's "Model training" view
 SYSTEM_METRICS_INTERVAL_S = 5.0  # seconds; TEXTREC_SYSTEM_METRICS_INTERVAL overrides
 
 
@@ -86,6 +89,15 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs in the MLflow UI, in its "Model training" view (not the GenAI overview).
+
+    >>> experiment_url("http://127.0.0.1:5000/", "3")
+    'http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning'
+    """
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_WORKFLOW}"
 
 
 def ensure_experiment(name: str = EXPERIMENT, artifact_location: str | None = None,
