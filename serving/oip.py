@@ -374,8 +374,10 @@ def write_state(workdir: Path, config: OipConfig, model_path: Path, version: str
                                               "version": version, "source": source})
 
 
-def run(workdir: Path) -> None:
-    """Load the model ``workdir/server.json`` names, write a fresh key, and serve until SIGTERM."""
+def run(workdir: Path, token_file: Path | None = None) -> None:
+    """Load the model ``workdir/server.json`` names, write a fresh key (or take the one in
+    ``token_file``: every replica of a Deployment then accepts one client token), and serve until
+    SIGTERM."""
     import torch
     import uvicorn
 
@@ -385,6 +387,10 @@ def run(workdir: Path) -> None:
     recognizer = Recognizer.load(state["model_path"], max_pixels=config.max_pixels)
     model = OipModel(recognizer, config.model_name, str(state["version"]), config, state.get("source") or {})
     token = secrets.token_urlsafe(32)
+    if token_file is not None:
+        token = token_file.read_text().strip()
+        if not token:
+            raise ValueError(f"the token file {token_file} is empty")
     key_file = write_key_file(workdir / KEY_FILE, token)
     logger.info("textrec %s version %s from %s on %s", model.name, model.version,
                 model.source.get("model_uri", state["model_path"]), config.url)
@@ -395,10 +401,12 @@ def run(workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.oip", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, required=True, help="the folder holding server.json")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="take the bearer token from this file (default: a fresh random one per start)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run(a.workdir.absolute())
+        run(a.workdir.absolute(), a.token_file)
     except (OSError, ValueError) as e:
         print(f"serving.oip: error: {e}", file=sys.stderr)
         return 1
