@@ -177,6 +177,9 @@ def step_run(step: str, pipeline_run_id: str, *, tracking_uri: str | None = None
             float(os.environ.get("TEXTREC_SYSTEM_METRICS_INTERVAL", SYSTEM_METRICS_INTERVAL_S)))
     status = "FAILED"
     run_id = previous.info.run_id if previous is not None else None
+    # The step's experiment is the process's active one: MLflow refuses to reopen a run of another
+    # experiment than the active one (set by an earlier step_run of another experiment in this process).
+    mlflow.set_experiment(experiment_id=exp_id)
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
                           run_name=None if run_id else step, tags=all_tags,
                           log_system_metrics=system_metrics) as run:
