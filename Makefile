@@ -12,7 +12,7 @@ DEB_FONTS := fonts-dkg-handwriting fonts-breip fonts-sjfonts fonts-femkeklaver f
 FONTSOURCE_STAMP := fonts/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install fonts test test-slow lint typecheck check format local clean pipeline-compile pipeline-run mlflow-ui mlflow-stop
+.PHONY: install fonts browser test test-slow lint typecheck check format local clean pipeline-compile pipeline-run mlflow-ui mlflow-stop
 
 install: $(STAMP) fonts
 
@@ -36,8 +36,17 @@ $(FONTSOURCE_STAMP): fonts/package.json fonts/package-lock.json
 	    || echo "warning: npm handwriting fonts not installed; the PyPI and Debian fonts alone will be used"; \
 	else echo "note: no npm; skipping the npm handwriting fonts of fonts/package.json"; fi
 
-test: install
+test: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Debian's chromium, for the tests that look at web pages in a real headless browser (they skip without it).
+browser:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "warning: chromium not installed; the browser tests will be skipped"; \
+	else echo "note: no apt-get as root; the browser tests will be skipped"; fi
 
 test-slow: install
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
