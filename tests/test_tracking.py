@@ -298,3 +298,19 @@ def test_eval_set_hash_changes_with_any_line():
     darker = img.copy()
     darker[0, 0] = 0
     assert base != eval_set_hash([(darker, "a b"), (img, "c")])
+
+
+def test_a_training_step_logs_system_metrics_and_gpu_ones_where_cuda_is(uri, name, monkeypatch):
+    """MLflow's system metrics (NVML through nvidia-ml-py for GPUs): on a CUDA machine the run gets GPU
+    utilisation and memory beside CPU and memory; without one, the same run logs without them."""
+    import importlib.util
+    import time
+
+    assert importlib.util.find_spec("pynvml") is not None  # nvidia-ml-py, which MLflow's GPU monitor needs
+    monkeypatch.setenv("TEXTREC_SYSTEM_METRICS_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    with tracking.step_run("train", "pipe-sys", tracking_uri=uri, experiment=name, system_metrics=True) as run_id:
+        time.sleep(2.0)
+    keys = set(tracking.mlflow_client(uri).get_run(run_id).data.metrics)
+    assert "system/cpu_utilization_percentage" in keys, keys
+    assert any(k.startswith("system/gpu_") for k in keys) == torch.cuda.is_available(), keys
