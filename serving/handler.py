@@ -27,41 +27,30 @@ import base64
 import binascii
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from textrec.recognizer import DEFAULT_MAX_PAGE_PIXELS, ImageError, PageReading, Recognizer, decode_image
+from serving.images import (  # noqa: F401 (DEFAULT_MAX_*: the archive's defaults, named here too)
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    MAGIC,
+    RequestError,
+    check_image,
+    unknown_formats,
+)
+from textrec.recognizer import DEFAULT_MAX_PAGE_PIXELS, PageReading, Recognizer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 10_000_000
-DEFAULT_FORMATS = ("PNG", "JPEG")
-# Leading bytes of the formats the handler can be told to accept. Anything else is refused before
-# an image parser sees it: fewer decoders exposed to the network, fewer parser bugs reachable.
-MAGIC = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "TIFF": (b"II*\x00", b"MM\x00*"),
-         "GIF": (b"GIF87a", b"GIF89a"), "BMP": (b"BM",)}
 SOURCE_FILE = "textrec-source.json"  # provenance written by serving/archive.py
 PAYLOAD_FIELDS = ("data", "body", "file", "image")  # TorchServe: multipart field name, or "body"
 USAGE = 'send a PNG/JPEG body, multipart form data with a "data" field, or JSON {"image": "<base64>"}'
 TASKS = ("line", "page")  # what one request is; the archive's handler.task picks one
 DEFAULT_TASK = "line"
-
-
-@dataclass
-class RequestError(Exception):
-    """A problem with one request of a batch: answered with ``status`` and a JSON body."""
-
-    status: int
-    kind: str
-    message: str
-
-    def to_json(self) -> str:
-        return json.dumps({"code": self.status, "type": self.kind, "message": self.message})
 
 
 class TextrecHandler(BaseHandler):
@@ -83,7 +72,7 @@ class TextrecHandler(BaseHandler):
         if self.task not in TASKS:
             raise ValueError(f"model-config.yaml handler.task: unknown {self.task!r}; known: {list(TASKS)}")
         self.formats = tuple(str(f).upper() for f in options.get("formats", DEFAULT_FORMATS))
-        unknown = [f for f in self.formats if f not in MAGIC]
+        unknown = unknown_formats(self.formats)
         if unknown:
             raise ValueError(f"model-config.yaml handler.formats: unknown {unknown}; known: {sorted(MAGIC)}")
         self.version = str(context.manifest["model"].get("modelVersion", ""))
@@ -177,22 +166,10 @@ class TextrecHandler(BaseHandler):
         raise RequestError(400, "BadRequest", f"unexpected request field type {type(value).__name__}")
 
     def _decode(self, payload: bytes) -> Any:
-        if not payload:
-            raise RequestError(400, "EmptyImage", f"the image is empty (0 bytes): {USAGE}")
-        if len(payload) > self.max_image_bytes:
-            raise RequestError(413, "ImageTooLarge", f"the image is {len(payload)} bytes; "
-                               f"at most {self.max_image_bytes} bytes are accepted")
-        found = next((f for f, sigs in MAGIC.items() if payload.startswith(sigs)), None)
-        if found not in self.formats:
-            what = f"a {found} image" if found else f"not a known image format (starts {payload[:8]!r})"
-            raise RequestError(415, "UnsupportedImage", f"the body is {what}; accepted: {', '.join(self.formats)}")
-        try:
-            if self.task == "page":
-                return decode_image(payload, name="page", max_pixels=self.max_page_pixels)
-            return decode_image(payload, max_pixels=self.max_pixels)
-        except ImageError as e:
-            status, kind = _classify(str(e))
-            raise RequestError(status, kind, str(e)) from e
+        page = self.task == "page"
+        return check_image(payload, max_image_bytes=self.max_image_bytes,
+                           max_pixels=self.max_page_pixels if page else self.max_pixels, formats=self.formats,
+                           name="page" if page else "image", usage=USAGE)
 
     def _content_type(self, idx: int, key: str) -> str:
         header = self.context.get_request_header(idx, key) if self.context else None
@@ -221,16 +198,6 @@ def _from_base64(text: str, what: str) -> bytes:
         return base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError) as e:
         raise RequestError(400, "BadBase64", f"{what} is not valid base64 ({e}); {USAGE}") from e
-
-
-def _classify(message: str) -> tuple[int, str]:
-    """HTTP status for a decode_image error: too big -> 413, not a usable format or mode -> 415."""
-    m = message.lower()
-    if "more than the limit" in m or "too many pixels" in m:
-        return 413, "ImageTooLarge"
-    if "unsupported" in m or "not an image" in m:
-        return 415, "UnsupportedImage"
-    return 400, "BadImage"
 
 
 # TorchServe's entry point. A handler module may define only one class unless it names a function

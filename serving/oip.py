@@ -1,7 +1,7 @@
 """textrec over the Open Inference Protocol v2 (the REST data plane KServe, Triton and MLServer speak).
 
 A second serving runtime next to TorchServe: the same :class:`~textrec.recognizer.Recognizer`, the same
-image checks as the TorchServe handler (size, format by its leading bytes, decoding limits, and the
+image checks as the TorchServe handler (``serving.images``: size, format by its leading bytes, decoding limits, and the
 status each failure gets), answered in the protocol's JSON:
 
     POST /v2/models/textrec-line/infer
@@ -48,13 +48,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.config import ServeConfig
-from serving.handler import (
+from serving.images import (
     DEFAULT_FORMATS,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
     MAGIC,
     RequestError,
-    TextrecHandler,
+    check_image,
 )
 from textrec.io import atomic_path, write_json
 from textrec.recognizer import Recognizer
@@ -81,7 +81,7 @@ class OipError(Exception):
 @dataclass(frozen=True)
 class OipConfig:
     """What may differ between deployments of the OIP server; each default is written once, here
-    (image limits are the TorchServe handler's, the body limit is TorchServe's ``max_request_size``)."""
+    (image limits are the TorchServe handler's (``serving.images``), the body limit is TorchServe's ``max_request_size``)."""
 
     host: str = "127.0.0.1"
     port: int = 8090  # beside TorchServe's 8080-8082 on one machine
@@ -115,17 +115,6 @@ class OipConfig:
         return cls(**{**data, "formats": tuple(data.get("formats", DEFAULT_FORMATS))})
 
 
-def image_checker(config: OipConfig) -> TextrecHandler:
-    """The TorchServe handler's own checks of one encoded image, with ``config``'s limits, so that both
-    runtimes refuse the same inputs with the same statuses (only its ``_decode`` step is used)."""
-    checker = TextrecHandler()
-    checker.max_image_bytes = config.max_image_bytes
-    checker.max_pixels = config.max_pixels
-    checker.formats = config.formats
-    checker.task = "line"
-    return checker
-
-
 @dataclass
 class OipModel:
     """One recogniser served under one name and version."""
@@ -137,7 +126,6 @@ class OipModel:
     source: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._checker = image_checker(self.config)
         self._lock = threading.Lock()  # one forward pass at a time: requests share one model and its threads
 
     def metadata(self) -> dict:
@@ -169,7 +157,9 @@ class OipModel:
     def _prepare(self, index: int, data: bytes) -> Any:
         where = f"input {INPUT!r} element {index}"
         try:
-            return self.recognizer.preprocess(self._checker._decode(data))
+            return self.recognizer.preprocess(check_image(
+                data, max_image_bytes=self.config.max_image_bytes, max_pixels=self.config.max_pixels,
+                formats=self.config.formats))
         except RequestError as e:
             raise OipError(e.status, f"{where}: {e.message}") from e
         except Exception as e:  # noqa: BLE001 (answered as 500, the server stays up)

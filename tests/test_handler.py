@@ -28,7 +28,7 @@ from textrec.stem import LineStem, StemConfig
 from textrec.tracking import MODEL_NAME
 
 pytest.importorskip("ts")
-from serving import handler as handler_module  # noqa: E402
+from serving import images as images_module  # noqa: E402
 from serving.handler import TextrecHandler  # noqa: E402
 
 
@@ -124,9 +124,9 @@ def test_unsupported_mode_from_the_decoder_maps_to_415(handler: TextrecHandler,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # PIL opens PNG/JPEG only in modes the Recognizer converts, so force the decoder's refusal.
     def refuse(data: bytes, **kw) -> np.ndarray:
-        raise handler_module.ImageError("image: unsupported image mode 'HSV'")
+        raise images_module.ImageError("image: unsupported image mode 'HSV'")
 
-    monkeypatch.setattr(handler_module, "decode_image", refuse)
+    monkeypatch.setattr(images_module, "decode_image", refuse)  # the checks both runtimes share
     answers, ctx = run(handler, [{"body": line_png(1)}])
     assert ctx.statuses[0][0] == 415 and "HSV" in answers[0]["message"]
 
