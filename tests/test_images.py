@@ -470,9 +470,8 @@ def test_serving_image_answers_a_real_prediction_and_stops_cleanly(docker: dict[
         assert requests.post(f"{url}/predictions/{MODEL}", data=line_png(), timeout=30).status_code == 401
         metrics = requests.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).text
         assert "ts_inference_requests_total" in metrics
-        started = time.monotonic()
         assert _run(docker, "stop", "-t", "60", name).returncode == 0
-        assert time.monotonic() - started < 50  # SIGTERM handled, not the kill after the grace period
+        # exit code 0, not 137: SIGTERM was handled, not the kill after the grace period
         assert _run(docker, "inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0"
     finally:
         _run(docker, "rm", "-f", name)
