@@ -10,10 +10,12 @@ def deploy_model(model_uri: str, promoted: bool, mlflow_uri: str, model_store_ur
                  namespace: str, target: str = "cluster"
                  ) -> NamedTuple("Deployment", [("changed", bool), ("version", str), ("reason", str)]):
     """Serve the registered model at model_uri (models:/NAME/VERSION) when the promotion gate made it
-    the champion (promoted) and it is not served already: archive it for TorchServe, upload the .mar to
-    model_store_uri and patch the serving Deployment (namespace; empty = this pod's namespace) so its
-    pods roll onto the new version. target 'local' rolls a TorchServe on the same machine instead (see
-    `make serve`); 'none' serves nothing. The step always runs and says in reason what it did and why,
+    the champion (promoted) and it is not served already. The serving workload named deployment
+    (namespace; empty = this pod's namespace) says which runtime it runs: for TorchServe the step
+    uploads a .mar to model_store_uri, for the OIP server (runtime kserve, a Deployment or a KServe
+    InferenceService) the model.pt; then it patches the workload so its pods roll onto the new version.
+    target 'local' rolls the servers running on the same machine instead (see `make serve`); 'none'
+    serves nothing. The step always runs and says in reason what it did and why,
     so a run never skips serving silently."""
     import os
     from collections import namedtuple

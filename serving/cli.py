@@ -30,8 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--version", default=None, help="served version label for a local model.pt")
     s.add_argument("--batch-size", type=int, default=None,
                    help="TorchServe batch size (default 8; 1 turns batching off, see docs/benchmarks.md)")
-    d = sub.add_parser("deploy", help="roll the running server to the champion if it moved")
+    d = sub.add_parser("deploy", help="roll the running servers to the champion if it moved")
     d.add_argument("--model", default=CHAMPION_URI)
+    d.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="roll only this one (default: every server running from WORKDIR)")
     t = sub.add_parser("stop", help="torchserve --stop")
     for command in (s, d, t):
         command.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
@@ -84,7 +86,7 @@ def _serve_oip(a: argparse.Namespace) -> int:
 
 
 def _cmd_deploy(a: argparse.Namespace) -> int:
-    print(json.dumps(deploy_model(a.model, workdir=a.workdir).to_dict(), indent=2))
+    print(json.dumps(deploy_model(a.model, workdir=a.workdir, runtime=a.runtime).to_dict(), indent=2))
     return 0
 
 

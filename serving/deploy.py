@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from textrec.tracking import CHAMPION, MODEL_NAME
 
 CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 TARGETS = ("local", "cluster")
+RUNTIMES = ("torchserve", "kserve")
+OIP_SUBDIR = "oip"  # the OIP server's folder inside the serving folder (serving.oip_process)
 LAST_RUN = Path(".textrec/last-run.json")
 
 
@@ -61,31 +63,96 @@ def model_version(model_uri: str) -> str:
 def deploy_model(model_uri: str = CHAMPION_URI, *, target: str = "local", version: str | None = None,
                  workdir: str | os.PathLike = DEFAULT_WORKDIR, model_name: str = MODEL_NAME,
                  workers: int = 1, model_store_uri: str | None = None, namespace: str = "default",
-                 deployment: str = "textrec-serving", container: str = "torchserve", apps_api: Any = None,
-                 archive_options: Any = None, tasks: Sequence[str] | None = None) -> DeployResult:
+                 deployment: str = "textrec-serving", apps_api: Any = None, custom_api: Any = None,
+                 archive_options: Any = None, tasks: Sequence[str] | None = None,
+                 runtime: str | None = None) -> DeployResult:
     """Serve ``model_uri`` if it is not served already.
 
-    ``target="local"``: archive into the running local TorchServe's store and swap versions live, for
-    each of ``tasks`` (``"line"`` as ``model_name``, ``"page"`` as ``textrec-page``; default: the tasks
-    the server serves now, so a roll moves lines and pages together).
-    ``target="cluster"``: upload the archive to ``model_store_uri`` (s3://... or a path) and patch the
-    serving Deployment so Kubernetes rolls new pods onto the new version (``apps_api``: an
-    ``AppsV1Api``, by default the one ``cluster.client`` sets up).
+    ``target="local"``: every local server running from ``workdir`` moves (``runtime``: only that one,
+    which must run). TorchServe: archive into its store and swap versions live, for each of ``tasks``
+    (``"line"`` as ``model_name``, ``"page"`` as ``textrec-page``; default: the tasks it serves now, so
+    a roll moves lines and pages together). The OIP server (``workdir/oip``): keep the model.pt in its
+    folder and have it load that, answering with the old version until the new one is in.
+    ``target="cluster"``: the serving workload says which runtime it runs (``cluster.rollout``): for
+    TorchServe upload the archive to ``model_store_uri`` (s3://... or a path), for the OIP server (a
+    Deployment's ``oip`` container, or a KServe InferenceService) the model.pt; then patch the workload
+    so Kubernetes rolls new pods onto the new version (``apps_api``/``custom_api``: an ``AppsV1Api`` /
+    ``CustomObjectsApi``, by default the ones ``cluster.client`` sets up).
     """
     from serving.archive import ArchiveOptions
 
     if target not in TARGETS:
         raise ValueError(f"deploy_model: target must be 'local' or 'cluster', got {target!r}")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ValueError(f"deploy_model: runtime must be one of {', '.join(RUNTIMES)} (or unset), got {runtime!r}")
     if target == "cluster" and not model_store_uri:
         raise ValueError("deploy_model(target='cluster') needs model_store_uri (s3://bucket/prefix)")
     wanted = version or model_version(model_uri)
     options = archive_options or ArchiveOptions(workers=workers)
     if target == "local":
-        return _deploy_local(model_uri, wanted, workdir=workdir, model_name=model_name, workers=workers,
-                             options=options, tasks=tasks)
+        return _deploy_local_servers(model_uri, wanted, workdir=Path(workdir), model_name=model_name,
+                                     workers=workers, options=options, tasks=tasks, runtime=runtime)
     return _deploy_cluster(model_uri, wanted, model_name=model_name, model_store_uri=str(model_store_uri),
-                           namespace=namespace, deployment=deployment, container=container,
-                           apps_api=apps_api, options=options)
+                           namespace=namespace, name=deployment, apps_api=apps_api, custom_api=custom_api,
+                           options=options)
+
+
+def _deploy_local_servers(model_uri: str, wanted: str, *, workdir: Path, runtime: str | None,
+                          **torchserve: Any) -> DeployResult:
+    """Roll each local server that runs from ``workdir`` (TorchServe there, the OIP server in
+    ``workdir/oip``), or only ``runtime``'s; one result saying what became of each."""
+    from serving.oip_process import OipServerProcess
+
+    oip = OipServerProcess(workdir=workdir / OIP_SUBDIR)
+    running = {"torchserve": _torchserve_running(workdir), "kserve": oip.pid() is not None}
+    chosen = [runtime] if runtime else [r for r, up in running.items() if up]
+    if not chosen or not running[chosen[0]]:
+        what = {"torchserve": f"TorchServe from {workdir} (`make serve`)",
+                "kserve": f"OIP server from {oip.workdir} (`make serve RUNTIME=kserve`)"}
+        raise ServeError("no local server to deploy to: no " + " and no ".join(what[r] for r in (chosen or RUNTIMES))
+                         + " is running")
+    results = [_deploy_local(model_uri, wanted, workdir=workdir, **torchserve) if r == "torchserve"
+               else _deploy_oip_local(model_uri, wanted, OipServerProcess.from_workdir(oip.workdir))
+               for r in chosen]
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    return DeployResult(any(r.changed for r in results), "; ".join(r.reason for r in results), first.version,
+                        first.previous, first.archive, models=tuple(m for r in results for m in r.models))
+
+
+def _torchserve_running(workdir: Path) -> bool:
+    try:
+        return TorchServeProcess.from_workdir(workdir).pid() is not None
+    except ServeError:  # never started here
+        return False
+
+
+def _deploy_oip_local(model_uri: str, wanted: str, server: Any) -> DeployResult:
+    """Have the local OIP server load ``model_uri``: the model.pt goes into ``oip/models/<version>``
+    (a restart serves it from there), older versions but the previous one are removed."""
+    import shutil
+
+    from serving.archive import resolve_model
+
+    name = server.config.model_name
+    served = str(server.served()["version"])
+    if served == wanted:
+        return DeployResult(False, f"{model_uri} is version {wanted}, which the OIP server already serves",
+                            wanted, served, models=(name,))
+    models = server.workdir / "models"
+    dest = models / wanted
+    source = resolve_model(model_uri, dest, version=wanted)
+    if not source.model_path.is_relative_to(dest):  # a local file: keep a copy the server owns
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source.model_path, dest / "model.pt")
+        source = replace(source, model_path=dest / "model.pt")
+    previous = server.swap(source.model_path, source.version, source=source.to_dict())
+    for old in models.iterdir():
+        if old.name not in (source.version, previous):
+            shutil.rmtree(old, ignore_errors=True)
+    return DeployResult(True, f"the OIP server now serves {model_uri} as version {source.version} ({name})",
+                        source.version, previous, str(source.model_path), models=(name,))
 
 
 def _deploy_local(model_uri: str, wanted: str, *, workdir: str | os.PathLike, model_name: str, workers: int,
@@ -113,24 +180,28 @@ def _deploy_local(model_uri: str, wanted: str, *, workdir: str | os.PathLike, mo
 
 
 def _deploy_cluster(model_uri: str, wanted: str, *, model_name: str, model_store_uri: str,
-                    namespace: str, deployment: str, container: str, apps_api: Any,
-                    options: Any) -> DeployResult:
+                    namespace: str, name: str, apps_api: Any, custom_api: Any, options: Any) -> DeployResult:
     from cluster import rollout
     from serving.archive import archive_name, build_archive, resolve_model
     from textrec import storage
 
-    served = rollout.served_version(deployment, namespace, api=apps_api)
-    if served == wanted:
-        return DeployResult(False, f"{model_uri} is version {wanted}, which {namespace}/{deployment} already "
-                            "serves", wanted, served, target="cluster", models=(model_name,))
+    workload = rollout.find_workload(name, namespace, apps_api=apps_api, custom_api=custom_api)
+    where = f"{namespace}/{name} ({workload.describe()})"
+    if workload.served_version == wanted:
+        return DeployResult(False, f"{model_uri} is version {wanted}, which {where} already serves", wanted,
+                            workload.served_version, target="cluster", models=(model_name,))
+    store = model_store_uri.rstrip("/")
     with tempfile.TemporaryDirectory(prefix="textrec-deploy-") as tmp:
         source = resolve_model(model_uri, Path(tmp) / "model", version=wanted)
-        mar = build_archive(source, Path(tmp) / "store", model_name=model_name, options=options)
-        dest = f"{model_store_uri.rstrip('/')}/{archive_name(model_name, source.version)}"
-        storage.upload(mar, dest)  # the archive is in the store before any pod is told to load it
-    rollout.roll_out(deployment, namespace, rollout.rollout_patch(source, container, dest), api=apps_api)
-    return DeployResult(True, f"{namespace}/{deployment} rolling to {model_uri} version {source.version}",
-                        source.version, served, dest, target="cluster", models=(model_name,))
+        if workload.runtime == "torchserve":
+            artifact = build_archive(source, Path(tmp) / "store", model_name=model_name, options=options)
+            dest = f"{store}/{archive_name(model_name, source.version)}"
+        else:  # the OIP server loads the model.pt itself
+            artifact, dest = source.model_path, f"{store}/{model_name}-v{source.version}.pt"
+        storage.upload(artifact, dest)  # the model is in the store before any pod is told to load it
+    rollout.roll_out(workload, source, dest, apps_api=apps_api, custom_api=custom_api)
+    return DeployResult(True, f"{where} rolling to {model_uri} version {source.version}", source.version,
+                        workload.served_version, dest, target="cluster", models=(model_name,))
 
 
 # --- `make serve` ---------------------------------------------------------------------------------

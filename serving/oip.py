@@ -18,8 +18,11 @@ recognised one at a time. Any bad part of a request fails the whole request with
 at each start, readable by its owner only).
 
 Also served: ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}/ready``, ``/v2`` and
-``/v2/models/{name}`` (metadata), each with an optional ``/versions/{version}``. Not served: the
-binary tensor data extension and gRPC.
+``/v2/models/{name}`` (metadata), each with an optional ``/versions/{version}``, and the model
+repository extension's ``POST /v2/repository/index`` and ``POST /v2/repository/models/{name}/load``:
+``load`` swaps to the model ``server.json`` names now (a deploy writes it, then calls ``load``); the
+old version answers until the new one has loaded, and keeps serving if it fails to. Not served: the
+binary tensor data extension, ``unload`` (the server has one model) and gRPC.
 
     python -m serving.oip --workdir DIR     # runs the server that DIR/server.json describes
                                             # (written by serving.oip_process.OipServerProcess)
@@ -127,6 +130,8 @@ class OipModel:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()  # one forward pass at a time: requests share one model and its threads
+        self._served = (self.recognizer, self.version)  # what a request reads, as one pair; swap() sets it
+        self._loading = threading.Lock()  # one reload at a time
 
     def metadata(self) -> dict:
         return {"name": self.name, "versions": [self.version], "platform": PLATFORM,
@@ -140,24 +145,59 @@ class OipModel:
             raise OipError(404, f"model {name!r} has no version {version!r}; it serves version {self.version!r}")
 
     def infer(self, request: Any) -> dict:
-        """An inference request (parsed JSON) -> the inference response; raises OipError for bad input."""
+        """An inference request (parsed JSON) -> the inference response; raises OipError for bad input.
+
+        The request is read by one version from start to end: a swap while it runs (``swap``) affects
+        the next request, never half of this one."""
         wanted = requested_outputs(request)
         images = image_elements(request, self.config.max_images)
-        tensors = [self._prepare(i, data) for i, data in enumerate(images)]
+        recognizer, version = self._served  # one consistent pair, whatever a swap does meanwhile
+        tensors = [self._prepare(recognizer, i, data) for i, data in enumerate(images)]
         with self._lock:
-            recs = self.recognizer.recognise_tensors(tensors, batch_size=len(tensors))
+            recs = recognizer.recognise_tensors(tensors, batch_size=len(tensors))
         values = {"text": [r.text for r in recs], "confidence": [round(float(r.confidence), 6) for r in recs]}
-        answer: dict[str, Any] = {"model_name": self.name, "model_version": self.version,
+        answer: dict[str, Any] = {"model_name": self.name, "model_version": version,
                                   "outputs": [{"name": n, "datatype": OUTPUTS[n], "shape": [len(recs)],
                                                "data": values[n]} for n in wanted]}
         if isinstance(request.get("id"), str):
             answer["id"] = request["id"]
         return answer
 
-    def _prepare(self, index: int, data: bytes) -> Any:
+    def swap(self, recognizer: Recognizer, version: str, source: dict) -> str:
+        """Serve ``recognizer`` as ``version`` from the next request on; returns the version it replaced.
+        Taken under the forward-pass lock, so no request sees one version's stem and another's model."""
+        with self._lock:
+            previous = self.version
+            self.recognizer, self.version, self.source = recognizer, version, source
+            self._served = (recognizer, version)  # one assignment: a reader sees the old pair or the new
+        return previous
+
+    def reload(self, workdir: Path) -> dict:
+        """Load the model ``workdir/server.json`` names now and swap to it (``POST
+        /v2/repository/models/{name}/load``). A model that does not load raises OipError 422 and the
+        served one stays; the same version again changes nothing."""
+        with self._loading:
+            try:
+                state = read_state(workdir)
+            except ValueError as e:
+                raise OipError(422, f"{e}; still serving version {self.version}") from e
+            version = str(state["version"])
+            if version == self.version:
+                return {"name": self.name, "version": version, "changed": False}
+            try:
+                recognizer = Recognizer.load(state["model_path"], max_pixels=self.config.max_pixels)
+            except Exception as e:  # whatever the artifact's fault, the old version keeps serving
+                raise OipError(422, f"version {version} ({state['model_path']}) did not load: {e}; "
+                               f"still serving version {self.version}") from e
+            previous = self.swap(recognizer, version, state.get("source") or {})
+        logger.info("textrec %s now version %s (was %s) from %s", self.name, version, previous,
+                    self.source.get("model_uri", state["model_path"]))
+        return {"name": self.name, "version": version, "previous": previous, "changed": True}
+
+    def _prepare(self, recognizer: Recognizer, index: int, data: bytes) -> Any:
         where = f"input {INPUT!r} element {index}"
         try:
-            return self.recognizer.preprocess(check_image(
+            return recognizer.preprocess(check_image(
                 data, max_image_bytes=self.config.max_image_bytes, max_pixels=self.config.max_pixels,
                 formats=self.config.formats))
         except RequestError as e:
@@ -274,8 +314,11 @@ def parse_json(body: bytes) -> Any:
         raise OipError(400, f"the request body is not valid JSON ({e})") from e
 
 
-def create_app(model: OipModel, token: str, key_file: Path | str = KEY_FILE) -> FastAPI:
-    """The OIP v2 REST endpoints for ``model``, every one behind ``Authorization: Bearer <token>``."""
+def create_app(model: OipModel, token: str, key_file: Path | str = KEY_FILE,
+               workdir: Path | None = None) -> FastAPI:
+    """The OIP v2 REST endpoints for ``model``, every one behind ``Authorization: Bearer <token>``;
+    with ``workdir`` also the model repository's ``load`` (a swap to what ``workdir/server.json``
+    names now) and ``index``."""
     app = FastAPI(title="textrec OIP v2", docs_url=None, redoc_url=None, openapi_url=None)
     expected = f"Bearer {token}".encode()
 
@@ -313,7 +356,8 @@ def create_app(model: OipModel, token: str, key_file: Path | str = KEY_FILE) -> 
     async def server_metadata() -> dict:
         from textrec import __version__
 
-        return {"name": "textrec", "version": __version__, "extensions": []}
+        return {"name": "textrec", "version": __version__,
+                "extensions": ["model_repository"] if workdir is not None else []}
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
@@ -333,6 +377,16 @@ def create_app(model: OipModel, token: str, key_file: Path | str = KEY_FILE) -> 
         model.check_name(name, version)
         payload = parse_json(await read_body(request, model.config.max_request_bytes))
         return await run_in_threadpool(model.infer, payload)  # decoding and the model off the event loop
+
+    if workdir is not None:
+        @app.post("/v2/repository/index")
+        async def repository_index() -> list[dict]:
+            return [{"name": model.name, "version": model.version, "state": "READY"}]
+
+        @app.post("/v2/repository/models/{name}/load")
+        async def repository_load(name: str) -> dict:
+            model.check_name(name)
+            return await run_in_threadpool(model.reload, workdir)  # the old version answers meanwhile
 
     return app
 
@@ -384,7 +438,7 @@ def run(workdir: Path, token_file: Path | None = None) -> None:
     key_file = write_key_file(workdir / KEY_FILE, token)
     logger.info("textrec %s version %s from %s on %s", model.name, model.version,
                 model.source.get("model_uri", state["model_path"]), config.url)
-    uvicorn.run(create_app(model, token, key_file), host=config.host, port=config.port, log_level="info",
+    uvicorn.run(create_app(model, token, key_file, workdir), host=config.host, port=config.port, log_level="info",
                 access_log=True, server_header=False)
 
 

@@ -116,6 +116,36 @@ class OipServerProcess:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def served(self) -> dict:
+        """What the running server says it serves: ``{"name", "version", "state"}``."""
+        r = self.request("POST", "/v2/repository/index", timeout=10)
+        if r.status_code != 200:
+            raise ServeError(f"POST /v2/repository/index -> {r.status_code}: {r.text.strip()}")
+        return r.json()[0]
+
+    def swap(self, model_path: str | os.PathLike, version: str, *, source: dict | None = None,
+             timeout: float = 300.0) -> str:
+        """Serve ``model_path`` as ``version`` without a restart; returns the version it replaced.
+
+        Records the model in ``server.json`` (so a restart serves it too) and has the server load it
+        (``POST /v2/repository/models/{name}/load``); the old version answers until the new one is in.
+        If it does not load, ``server.json`` goes back to the old model and ServeError says why."""
+        if self.pid() is None:
+            raise ServeError(f"no OIP server is running from {self.workdir}; start one with "
+                             "`make serve RUNTIME=kserve`")
+        before = read_state(self.workdir)
+        write_state(self.workdir, before["config"], Path(model_path).absolute(), version, source or {})
+        try:
+            r = self.request("POST", f"/v2/repository/models/{self.config.model_name}/load", timeout=timeout)
+            error = "" if r.status_code == 200 else f"{r.status_code}: {r.text.strip()}"
+        except requests.RequestException as e:
+            error = f"the load request failed: {e}"
+        if error:
+            write_state(self.workdir, before["config"], Path(before["model_path"]), str(before["version"]),
+                        before.get("source") or {})
+            raise ServeError(f"version {version} was not served ({error})")
+        return str(r.json().get("previous") or before["version"])
+
     def wait_ready(self, *, timeout: float = 120.0) -> dict:
         """Wait for a real prediction (a listening server proves little); returns its answer."""
         answer: dict = {}

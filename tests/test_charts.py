@@ -425,17 +425,19 @@ def test_deploy_step_rollout_patch_targets_the_charts_container(charts: Path) ->
     from cluster import rollout
     from serving import deploy
 
-    default_container = inspect.signature(deploy.deploy_model).parameters["container"].default
     default_deployment = inspect.signature(deploy.deploy_model).parameters["deployment"].default
-    spec = one(render(charts, "textrec-serving", {}), "Deployment")["spec"]["template"]["spec"]
     platform = {d["metadata"]["name"] for d in of_kind(render(charts, "textrec-platform", {}), "Deployment")}
     assert default_deployment in platform  # the Deployment the step patches unless told another
-    assert [c["name"] for c in spec["containers"]] == [default_container]
-    patch = rollout.rollout_patch(type("S", (), {"version": "7", "model_uri": "models:/m/7", "run_id": "r"})(),
-                                  default_container, "s3://b/textrec-line-v7.mar")
-    patched_env = {e["name"] for e in patch["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert rollout.ARCHIVE_ENV in patched_env and rollout.ARCHIVE_ENV in env_of(spec["containers"][0])
-    assert patch["spec"]["template"]["metadata"]["annotations"][rollout.VERSION_ANNOTATION] == "7"
+    release = type("S", (), {"version": "7", "model_uri": "models:/m/7", "run_id": "r"})()
+    for runtime, model in (("torchserve", "s3://b/textrec-line-v7.mar"), ("kserve", "s3://b/textrec-line-v7.pt")):
+        values = {"runtime": runtime, "model": {"uri": model}}
+        spec = one(render(charts, "textrec-serving", values), "Deployment")["spec"]["template"]["spec"]
+        [container] = spec["containers"]
+        assert rollout.CONTAINERS[container["name"]] == runtime  # the container the deploy finds and patches
+        patch = rollout.rollout_patch(release, container["name"], model)
+        patched_env = {e["name"] for e in patch["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert rollout.ARCHIVE_ENV in patched_env and rollout.ARCHIVE_ENV in env_of(container)
+        assert patch["spec"]["template"]["metadata"]["annotations"][rollout.VERSION_ANNOTATION] == "7"
 
 
 def test_mlflow_server_command_and_allowed_hosts(charts: Path) -> None:
@@ -509,11 +511,13 @@ def test_platform_grants_the_pipeline_what_its_steps_do_and_nothing_more(charts:
     for group, _version, plural, kind in KINDS.values():  # every job kind cluster/trainjob.py may create
         assert set(rules.pop((group, plural))["verbs"]) == {"create", "get", "watch", "delete"}, kind
     assert not rules, f"rules for more than the steps use: {sorted(rules)}"
-    [(key, deployments)] = rules_of(serving).items()
-    assert key == ("apps", "deployments") and deployments["verbs"] == ["get", "patch"]  # cluster/rollout.py
+    rules = rules_of(serving)
+    deployments, isvcs = rules.pop(("apps", "deployments")), rules.pop(("serving.kserve.io", "inferenceservices"))
+    assert not rules, f"rules for more than cluster/rollout.py uses: {sorted(rules)}"
+    assert deployments["verbs"] == isvcs["verbs"] == ["get", "patch"]  # cluster/rollout.py
     served = {d["metadata"]["name"] for d in of_kind(docs, "Deployment")} - {"textrec-mlflow"}
     default_target = inspect.signature(textrec_pipeline.pipeline_func).parameters["serving_deployment"].default
-    assert deployments["resourceNames"] == sorted(served) == [default_target]
+    assert deployments["resourceNames"] == isvcs["resourceNames"] == sorted(served) == [default_target]
     assert "*" not in yaml.safe_dump([training["rules"], serving["rules"]])
 
     assert sorted(b["roleRef"]["name"] for b in bindings) == sorted(r["metadata"]["name"] for r in (training, serving))

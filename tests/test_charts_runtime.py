@@ -13,6 +13,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import helm_python as helm
 import kubernetes_validate
@@ -21,6 +23,9 @@ import yaml
 from fixtures.net import free_port
 from fixtures.serving import line_png, make_model_pt
 from test_charts import KUBE_VERSION, charts, env_of, of_kind, one, render  # noqa: F401 (charts: a fixture)
+
+from cluster.rollout import ARCHIVE_ENV, VERSION_ANNOTATION
+from textrec.recognizer import Recognizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = "textrec-serving"
@@ -180,3 +185,118 @@ def test_the_oip_container_command_serves_the_model_with_the_charts_token(charts
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+# --- promotion rolls the kserve runtime: the Deployment's oip container, or the InferenceService ----
+# Mocked API objects: no Kubernetes API server can run here. What they return is what the chart
+# renders; the model goes to a real S3 server, and the patched container's command is run for real.
+
+
+def _deployment(doc: dict, version: str) -> SimpleNamespace:
+    """A rendered Deployment as the kubernetes client's read_namespaced_deployment returns it."""
+    containers = [SimpleNamespace(name=c["name"]) for c in doc["spec"]["template"]["spec"]["containers"]]
+    return SimpleNamespace(metadata=SimpleNamespace(annotations={VERSION_ANNOTATION: version}),
+                           spec=SimpleNamespace(template=SimpleNamespace(spec=SimpleNamespace(containers=containers))))
+
+
+def _merge(target: dict, patch: dict) -> dict:
+    """RFC 7386 JSON merge patch, as the API server applies it to a custom resource."""
+    out = dict(target)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def test_promotion_rolls_a_kserve_deployment_onto_the_model_pt(charts: Path, tmp_path: Path,  # noqa: F811
+                                                                 s3) -> None:
+    from serving.deploy import deploy_model
+
+    apps = mock.Mock()
+    apps.read_namespaced_deployment.return_value = _deployment(one(render(charts, CHART, KSERVE), "Deployment"), "3")
+    result = deploy_model(str(make_model_pt(tmp_path / "model.pt")), target="cluster", version="4",
+                          model_store_uri=s3.uri("model-store"), namespace="textrec", apps_api=apps)
+    assert result.changed and result.previous == "3" and "runtime kserve" in result.reason
+    assert result.archive == s3.uri("model-store/textrec-line-v4.pt")  # the model.pt, not a .mar
+    assert Recognizer.load(result.archive) is not None  # what the OIP container will load, from S3
+    name, namespace, patch = apps.patch_namespaced_deployment.call_args.args
+    [container] = patch["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "oip"
+    assert {e["name"]: e["value"] for e in container["env"]}[ARCHIVE_ENV] == result.archive
+
+
+def test_promotion_rolls_an_inference_service_and_its_container_serves_the_new_version(
+        charts: Path, tmp_path: Path, s3) -> None:  # noqa: F811
+    from kubernetes.client.exceptions import ApiException
+
+    from serving.deploy import deploy_model
+
+    isvc = one(render(charts, CHART, ISVC), "InferenceService")
+    isvc["metadata"] |= {"resourceVersion": "812", "annotations": {VERSION_ANNOTATION: "3"}}
+    apps, objects = mock.Mock(), mock.Mock()
+    apps.read_namespaced_deployment.side_effect = ApiException(status=404)  # the chart made no Deployment
+    objects.get_namespaced_custom_object.return_value = isvc
+    result = deploy_model(str(make_model_pt(tmp_path / "model.pt")), target="cluster", version="4",
+                          model_store_uri=s3.uri("model-store"), namespace="textrec",
+                          deployment=isvc["metadata"]["name"], apps_api=apps, custom_api=objects)
+    assert result.changed and "InferenceService" in result.reason and result.previous == "3"
+    group, version, namespace, plural, name, patch = objects.patch_namespaced_custom_object.call_args.args
+    assert (group, version, plural, namespace) == ("serving.kserve.io", "v1beta1", "inferenceservices", "textrec")
+    assert patch["metadata"]["resourceVersion"] == "812"  # a concurrent change fails the patch
+    rolled = _merge(isvc, patch)
+    assert rolled["metadata"]["annotations"][VERSION_ANNOTATION] == "4"
+    [before], [after] = isvc["spec"]["predictor"]["containers"], rolled["spec"]["predictor"]["containers"]
+    assert {k: v for k, v in after.items() if k != "env"} == {k: v for k, v in before.items() if k != "env"}
+    unchanged = {n: e for n, e in env_of(before).items() if n not in (ARCHIVE_ENV, "TEXTREC_MODEL_VERSION")}
+    assert {n: e for n, e in env_of(after).items() if n in unchanged} == unchanged  # the rest kept as it was
+    assert env_of(after)[ARCHIVE_ENV]["value"] == result.archive == s3.uri("model-store/textrec-line-v4.pt")
+
+    # The rolled container's own command, with its patched environment, serves version 4 from S3.
+    env = {n: e["value"] for n, e in env_of(after).items() if "value" in e}
+    token_file, port = tmp_path / "token", free_port()
+    token_file.write_text("isvc-token-0123456789\n")
+    env |= {"TEXTREC_TOKEN_FILE": str(token_file), "TEXTREC_OIP_WORKDIR": str(tmp_path / "oip"),
+            "TEXTREC_OIP_PORT": str(port)}
+    env.pop("AWS_ENDPOINT_URL_S3", None)  # the chart's cluster endpoint; this test's S3 is in os.environ
+    (tmp_path / "oip").mkdir()
+    with open(tmp_path / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, *after["command"][1:], after["args"][0]], cwd=ROOT,
+                                env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                       "data": [base64.b64encode(line_png()).decode()]}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/textrec-line/infer", data=body, headers={
+            "Authorization": "Bearer isvc-token-0123456789", "Content-Type": "application/json"})
+        deadline = time.monotonic() + 90
+        while _get(f"http://127.0.0.1:{port}/v2/health/live", "isvc-token-0123456789") != 200:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "the OIP server did not answer"
+            time.sleep(0.3)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["model_version"] == "4"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_promotion_names_what_it_found_when_nothing_textrec_serves_there() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from cluster.rollout import find_workload
+
+    apps, objects = mock.Mock(), mock.Mock()
+    apps.read_namespaced_deployment.side_effect = ApiException(status=404)
+    objects.get_namespaced_custom_object.side_effect = ApiException(status=404)
+    with pytest.raises(LookupError, match="no Deployment or InferenceService named 'textrec-serving' in namespace 'ml'"):
+        find_workload("textrec-serving", "ml", apps_api=apps, custom_api=objects)
+    apps.read_namespaced_deployment.side_effect = None
+    apps.read_namespaced_deployment.return_value = SimpleNamespace(
+        metadata=SimpleNamespace(annotations=None),
+        spec=SimpleNamespace(template=SimpleNamespace(spec=SimpleNamespace(containers=[SimpleNamespace(name="nginx")]))))
+    with pytest.raises(ValueError, match=r"runs containers \['nginx'\], none of them a textrec serving runtime"):
+        find_workload("textrec-serving", "ml", apps_api=apps, custom_api=objects)

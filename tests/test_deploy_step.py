@@ -28,5 +28,5 @@ def test_an_unknown_serving_target_is_an_error_naming_the_choices():
 def test_a_promoted_model_with_no_local_server_fails_loudly(tmp_path, monkeypatch):
     model = tiny_model_artifact(tmp_path / "model.pt")
     monkeypatch.chdir(tmp_path)  # no .textrec/serve here: nothing is serving
-    with pytest.raises(ServeError, match="no server was started"):
+    with pytest.raises(ServeError, match="no local server to deploy to"):
         deploy_step(str(model), promoted=True, target="local")

@@ -242,3 +242,76 @@ def test_the_cli_takes_a_runtime_defaulting_to_torchserve() -> None:
     assert _parser().parse_args(["stop", "--runtime", "kserve"]).runtime == "kserve"
     with pytest.raises(SystemExit):
         _parser().parse_args(["serve", "--runtime", "triton"])
+
+
+# --- promotion: a deploy swaps the running server's version -------------------------------------
+
+
+def test_a_deploy_swaps_the_running_oip_server_with_no_failed_request(tmp_path: Path) -> None:
+    import threading
+    from collections import Counter
+
+    from serving.deploy import deploy_model
+
+    serve_dir = tmp_path / "serve"  # no TorchServe here: the deploy finds the OIP server in serve/oip
+    server = OipServerProcess(OipConfig(port=free_port()), serve_dir / "oip")
+    server.start(make_model_pt(tmp_path / "v1" / "model.pt"), "1")
+    v2 = make_model_pt(tmp_path / "v2" / "model.pt", seed=1)
+    stop, results = threading.Event(), []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                results.append(("ok", server.predict(line_png(len(results) % 7))["version"]))
+            except (ServeError, requests.RequestException) as e:  # a refused or dropped request fails
+                results.append((f"{type(e).__name__}: {e}"[:300], None))
+
+    try:
+        server.wait_ready()
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            while len(results) < 5:
+                threading.Event().wait(0.05)
+            result = deploy_model(str(v2), version="2", workdir=serve_dir)
+            seen = len(results)
+            while len(results) < seen + 5:
+                threading.Event().wait(0.05)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        assert result.changed and (result.version, result.previous) == ("2", "1"), result
+        assert result.models == (MODEL_NAME,)
+        assert Counter(code for code, _ in results).keys() == {"ok"}, [r for r in results if r[0] != "ok"][:3]
+        versions = [v for _, v in results]
+        assert versions[0] == "1" and versions[-1] == "2"
+        assert versions == sorted(versions), "once a request got version 2, none may get 1 again"
+        state = json.loads((serve_dir / "oip" / "server.json").read_text())
+        assert state["version"] == "2" and Path(state["model_path"]).parent == serve_dir / "oip" / "models" / "2"
+        assert server.served() == {"name": MODEL_NAME, "version": "2", "state": "READY"}
+
+        again = deploy_model(str(v2), version="2", workdir=serve_dir)
+        assert not again.changed and "already serves" in again.reason
+
+        broken = tmp_path / "broken" / "model.pt"
+        broken.parent.mkdir()
+        broken.write_bytes(b"no model at all")
+        with pytest.raises(ServeError, match="version 3 was not served.*did not load.*still serving version 2"):
+            deploy_model(str(broken), version="3", workdir=serve_dir)
+        assert server.predict(line_png(1))["version"] == "2"
+        assert json.loads((serve_dir / "oip" / "server.json").read_text())["version"] == "2"  # put back
+        r = requests.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load", timeout=10)
+        assert r.status_code == 401  # the repository endpoints need the key like every other
+    finally:
+        server.stop()
+
+
+def test_a_deploy_with_no_local_server_names_both_runtimes(tmp_path: Path) -> None:
+    from serving.deploy import deploy_model
+
+    with pytest.raises(ServeError, match="no TorchServe from .* and no OIP server from .* is running"):
+        deploy_model(str(make_model_pt(tmp_path / "model.pt")), version="1", workdir=tmp_path / "serve")
+    with pytest.raises(ServeError, match="no OIP server from"):
+        deploy_model(str(tmp_path / "model.pt"), version="1", workdir=tmp_path / "serve", runtime="kserve")

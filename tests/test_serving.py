@@ -367,9 +367,11 @@ def test_deploy_component_interface() -> None:
 # --- cluster target: a mocked Kubernetes API, a real S3 server -----------------------------------
 
 
-def _fake_apps_api(annotations: dict[str, str]) -> mock.Mock:
+def _fake_apps_api(annotations: dict[str, str], container: str = "torchserve") -> mock.Mock:
     api = mock.Mock()
-    api.read_namespaced_deployment.return_value = SimpleNamespace(metadata=SimpleNamespace(annotations=annotations))
+    pod = SimpleNamespace(containers=[SimpleNamespace(name=container)])
+    api.read_namespaced_deployment.return_value = SimpleNamespace(
+        metadata=SimpleNamespace(annotations=annotations), spec=SimpleNamespace(template=SimpleNamespace(spec=pod)))
     return api
 
 
