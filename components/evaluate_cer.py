@@ -8,13 +8,15 @@ from components.image import COMPONENT_IMAGE
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def evaluate_cer(model: Input[Model], lines: Input[Dataset], real_val: str, pipeline_run_id: str, mlflow_uri: str,
-                 experiment: str, metrics: Output[Metrics], report: Output[HTML]
+                 experiment: str, metrics: Output[Metrics], report: Output[HTML], task: str = "line"
                  ) -> NamedTuple("Evaluation", [("cer", float), ("eval_set_hash", str), ("real_val_cer", float),
                                                 ("real_val_hash", str)]):
     """Character and word error rates on the fixed test split of every line store, and an HTML report
     with the worst lines beside their images; eval_set_hash identifies the exact lines scored. With
     real_val (a labelled real set: TSV, IAM lines folder or s3:// URI) that set is scored too:
-    real_val_cer and real_val_hash (-1 and empty without one)."""
+    real_val_cer and real_val_hash (-1 and empty without one). task 'page' scores a page model: page CER
+    and WER on the test split of the dataset's page store (pages.h5), the report drawing each page's
+    found lines, and real_val a page TSV (image<TAB>lines joined by a literal \\n)."""
     import shutil
     import tempfile
     from collections import namedtuple
@@ -24,8 +26,22 @@ def evaluate_cer(model: Input[Model], lines: Input[Dataset], real_val: str, pipe
     from textrec.rundir import RunDir
     from textrec.tracking import StepTracking
 
-    result = evaluate_split(RunDir(model.path).model, find_line_stores(lines.path), tempfile.mkdtemp(),
-                            step=StepTracking(pipeline_run_id, mlflow_uri, experiment), real_val=real_val)
+    step = StepTracking(pipeline_run_id, mlflow_uri, experiment)
+    if task == "page":
+        from pathlib import Path
+
+        from textrec.data.sources import PAGES_FILE
+        from textrec.evaluate_pages import evaluate_page_split
+
+        pages = Path(lines.path) / PAGES_FILE
+        if not pages.is_file():
+            raise ValueError(f"task 'page': the dataset has no {PAGES_FILE}; set synth_pages > 0")
+        result = evaluate_page_split(RunDir(model.path).model, pages, tempfile.mkdtemp(), step=step, real_val=real_val)
+    elif task == "line":
+        result = evaluate_split(RunDir(model.path).model, find_line_stores(lines.path), tempfile.mkdtemp(), step=step,
+                                real_val=real_val)
+    else:
+        raise ValueError(f"task must be 'line' or 'page', got {task!r}")
     shutil.copyfile(result["report"], report.path)
     for name in ("cer", "wer", "n", "real_val_cer", "real_val_wer", "real_val_n"):
         if name in result:

@@ -29,6 +29,7 @@ from textrec.tracking import MODEL_NAME
 ROOT = Path(".textrec")
 DEFAULT_PORT = 5000
 KEEP_RUNS = 3  # pipeline runs whose data, models and checkpoints stay on disk
+PAGES_FOR_PAGE_TASK = 60  # synthetic pages a task=page run renders unless told (test split: about 6)
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,14 @@ def local_server_running() -> bool:
 def run_pipeline(*, profile: str, data_source: str = "none", epochs: int = 0, margin: float = 0.0,
                  seed: int = 0, synth_lines: int = 0, overrides: tuple[str, ...] = (),
                  root: Path = ROOT, mlflow_uri: str | None = None, serving_target: str = "none",
-                 model_name: str = MODEL_NAME, real_val: str = "") -> dict[str, Any]:
+                 model_name: str = "", real_val: str = "", task: str = "line",
+                 synth_pages: int = 0) -> dict[str, Any]:
     """Run the pipeline locally; returns (and writes to ``root/last-run.json``) its summary.
 
     ``real_val``: labelled real lines (a TSV, an IAM lines folder, or an s3:// URI of either) that
     training, evaluation and the promotion gate score; a local path is made absolute for the steps.
+    ``task="page"``: a page model, scored by page CER on ``synth_pages`` synthetic pages (default
+    ``PAGES_FOR_PAGE_TASK``) and registered as ``textrec-page`` (unless ``model_name`` says otherwise).
     """
     from kfp import local
 
@@ -114,12 +118,13 @@ def run_pipeline(*, profile: str, data_source: str = "none", epochs: int = 0, ma
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str((root / "kfp").resolve()),
                raise_on_error=True)
     started = time.monotonic()
-    task = textrec_pipeline(
+    run = textrec_pipeline(
         data_source=data_source, synth_lines=synth_lines or prof.synth_lines(config), seed=seed,
         train_config=Path(prof.config).read_text(), config_overrides=list(overrides), epochs=epochs, gpus_per_node=0, nodes=1,
         checkpoint_root=str((root / "checkpoints").resolve()), promotion_margin=margin, mlflow_uri=uri,
-        model_name=model_name, serving_target=serving_target, real_val=real_val)
-    summary = summarise(task.outputs, uri, root, time.monotonic() - started)
+        model_name=model_name, serving_target=serving_target, real_val=real_val, task=task,
+        synth_pages=synth_pages or (PAGES_FOR_PAGE_TASK if task == "page" else 0))
+    summary = summarise(run.outputs, uri, root, time.monotonic() - started, task=task)
     for folder in (root / "kfp", root / "checkpoints"):
         prune(folder, keep=KEEP_RUNS)
     return summary
@@ -148,7 +153,7 @@ def prune(folder: Path, keep: int) -> list[Path]:
     return runs[keep:]
 
 
-def summarise(outputs: dict[str, Any], uri: str, root: Path, seconds: float) -> dict[str, Any]:
+def summarise(outputs: dict[str, Any], uri: str, root: Path, seconds: float, task: str = "line") -> dict[str, Any]:
     """What the run registered, read back from MLflow; written atomically to ``root/last-run.json``."""
     from textrec import tracking
     from textrec.io import write_json
@@ -159,7 +164,7 @@ def summarise(outputs: dict[str, Any], uri: str, root: Path, seconds: float) -> 
     name, version = outputs["model_uri"].split("/")[1], str(outputs["version"])
     info = tracking.version_info(name, version, tracking_uri=uri)
     summary = {
-        "tracking_uri": uri, "model_name": name, "version": version, "aliases": info["aliases"],
+        "tracking_uri": uri, "task": task, "model_name": name, "version": version, "aliases": info["aliases"],
         "cer": float(info["tags"].get(tracking.TAG_TEST_CER, "nan")), "model_uri": info["model_uri"],
         "real_val_cer": (float(info["tags"][tracking.TAG_REAL_VAL_CER])
                          if tracking.TAG_REAL_VAL_CER in info["tags"] else None),
@@ -181,7 +186,7 @@ def print_summary(s: dict[str, Any], root: Path = ROOT) -> None:
     minutes, secs = divmod(int(s["seconds"]), 60)
     print(f"\ntextrec pipeline finished in {minutes}m{secs:02d}s")
     print(f"  model      {s['model_name']} version {s['version']} (aliases: {', '.join(s['aliases']) or 'none'})")
-    print(f"  test CER   {s['cer']:.4f}")
+    print(f"  test CER   {s['cer']:.4f}" + (" (page CER)" if s.get("task") == "page" else ""))
     if s.get("real_val_cer") is not None:
         print(f"  real CER   {s['real_val_cer']:.4f} (real_val)")
     print(f"  promotion  {'promoted' if s['promoted'] else 'not promoted'}: {s['reason']}")
@@ -224,7 +229,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serving-target", default=os.environ.get("SERVING_TARGET") or "auto",
                    choices=("auto", "none", "local"),
                    help="roll a new champion onto the local TorchServe of `make serve` (auto: when one runs)")
-    p.add_argument("--model-name", default=MODEL_NAME, help="registered model name")
+    p.add_argument("--task", default=os.environ.get("TASK") or "line", choices=("line", "page"),
+                   help="line: a line model; page: scored by page CER on synthetic pages, registered as "
+                        f"textrec-page (default {MODEL_NAME} for lines)")
+    p.add_argument("--synth-pages", type=int, default=0,
+                   help=f"synthetic pages to render (0: none for lines, {PAGES_FOR_PAGE_TASK} for --task page)")
+    p.add_argument("--model-name", default="", help="registered model name (default: by --task)")
     p.add_argument("--root", type=Path, default=ROOT)
     p.add_argument("--serve-only", action="store_true", help="start (or find) the MLflow server and exit")
     p.add_argument("--stop-server", action="store_true", help="stop the local MLflow server and exit")
@@ -253,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_pipeline(profile=a.profile, data_source=a.data_source, epochs=a.epochs, margin=a.margin,
                                seed=a.seed, synth_lines=a.synth_lines, overrides=tuple(a.overrides),
                                root=a.root, serving_target=a.serving_target, model_name=a.model_name,
-                               real_val=a.real_val)
+                               real_val=a.real_val, task=a.task, synth_pages=a.synth_pages)
     except (RuntimeError, ValueError, OSError) as e:
         print(f"textrec local pipeline failed: {e}", file=sys.stderr)
         return 1

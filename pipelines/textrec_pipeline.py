@@ -104,7 +104,9 @@ def _s3_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
 @dsl.pipeline(name=f"{PIPELINE_NAME}-steps", description=DESCRIPTION)
 def textrec_pipeline(
     data_source: str = "none",
+    task: str = "line",
     synth_lines: int = 20000,
+    synth_pages: int = 0,
     emnist_lines: int = 0,
     seed: int = 0,
     train_config: str = "",
@@ -115,7 +117,7 @@ def textrec_pipeline(
     gpu_node_selector: dict = GPU_NODE_SELECTOR,  # noqa: B006
     checkpoint_root: str = "",
     real_val: str = "",
-    model_name: str = MODEL_NAME,
+    model_name: str = "",
     promotion_margin: float = 0.0,
     mlflow_uri: str = "http://mlflow:5000",
     experiment: str = EXPERIMENT,
@@ -136,12 +138,15 @@ def textrec_pipeline(
     control_cpu_limit: str = RESOURCES["control"].cpu_limit,
     control_memory: str = RESOURCES["control"].memory,
 ) -> PipelineOutputs:
-    """Parameters: data_source 'none' | 'emnist:<uri>' | 'iam:<uri>'; synth_lines synthetic lines to
-    render; train_config a training config as YAML text (configs/*.yaml; empty: defaults) with config_overrides
+    """Parameters: data_source 'none' | 'emnist:<uri>' | 'iam:<uri>'; task 'line' (a line model, scored
+    by line CER) or 'page' (a page model: scored by page CER on the synthetic pages' test split,
+    registered as textrec-page, served at the page endpoint; needs synth_pages > 0); synth_lines
+    synthetic lines to render; synth_pages synthetic pages to render (0: none); model_name the
+    registered model (empty: textrec-line, or textrec-page for task 'page'); train_config a training config as YAML text (configs/*.yaml; empty: defaults) with config_overrides
     ('loop.epochs=3', ...) and epochs (0 keeps the config's); gpus_per_node and nodes (> 1 runs a
     TrainJob/PyTorchJob); checkpoint_root an s3:// prefix or mounted folder for resumable checkpoints;
     real_val labelled real lines (a TSV of image<TAB>text rows, an IAM lines folder, or an s3:// URI of
-    either; empty: none) that training picks its best checkpoint by and that evaluation and the promotion
+    either; for task 'page' a page TSV; empty: none) that training picks its best checkpoint by and that evaluation and the promotion
     gate score beside the synthetic test CER; promotion_margin how much lower the test CER (real_val CER
     when the champion was scored on the same real set) must be to replace the champion; serving_* where a new
     champion goes: the model store prefix its .mar is uploaded to and the Deployment that is rolled
@@ -157,7 +162,7 @@ def textrec_pipeline(
     ingest.set_caching_options(True)
     lines = _sized(synthesize_lines(n_lines=synth_lines, seed=seed, emnist_lines=emnist_lines,
                                     source=ingest.outputs["dataset"], train_config=train_config,
-                                    config_overrides=config_overrides), *data)
+                                    config_overrides=config_overrides, n_pages=synth_pages), *data)
     lines.set_caching_options(True)
     plan = _sized(plan_training(gpus_per_node=gpus_per_node, nodes=nodes, gpu_node_selector=gpu_node_selector),
                   *control)
@@ -178,7 +183,7 @@ def textrec_pipeline(
 
     evaluation = _sized(evaluate_cer(model=train.outputs["model"], lines=lines.outputs["lines"],
                                      real_val=real_val, pipeline_run_id=run_id, mlflow_uri=mlflow_uri,
-                                     experiment=experiment), *evaluating)
+                                     experiment=experiment, task=task), *evaluating)
     evaluation.set_caching_options(False)
     _s3_credentials(evaluation)  # real_val may be on S3
 
@@ -188,7 +193,7 @@ def textrec_pipeline(
                               real_val_cer=evaluation.outputs["real_val_cer"],
                               real_val_hash=evaluation.outputs["real_val_hash"], model_name=model_name,
                               promotion_margin=promotion_margin, pipeline_run_id=run_id,
-                              mlflow_uri=mlflow_uri, experiment=experiment)
+                              mlflow_uri=mlflow_uri, experiment=experiment, task=task)
     _sized(register, *evaluating).set_caching_options(False)
     _s3_credentials(register)
 
@@ -196,7 +201,8 @@ def textrec_pipeline(
     # sitting in dsl.If branches, which kfp.local could not evaluate (it skipped them without a word).
     deploy = deploy_model(model_uri=register.outputs["model_uri"], promoted=register.outputs["promoted"],
                           mlflow_uri=mlflow_uri, model_store_uri=serving_model_store,
-                          deployment=serving_deployment, namespace=serving_namespace, target=serving_target)
+                          deployment=serving_deployment, namespace=serving_namespace, target=serving_target,
+                          task=task)
     _sized(deploy, *control).set_caching_options(False)
     _s3_credentials(deploy)
 

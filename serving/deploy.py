@@ -25,9 +25,10 @@ from typing import Any
 
 from serving.config import ServeConfig
 from serving.torchserve import DEFAULT_WORKDIR, ServeError, TorchServeProcess
-from textrec.tracking import CHAMPION, MODEL_NAME
+from textrec.tracking import CHAMPION, MODEL_NAME, PAGE_MODEL_NAME
 
 CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
+PAGE_CHAMPION_URI = f"models:/{PAGE_MODEL_NAME}@{CHAMPION}"
 TARGETS = ("local", "cluster")
 RUNTIMES = ("torchserve", "kserve")
 OIP_SUBDIR = "oip"  # the OIP server's folder inside the serving folder (serving.oip_process)
@@ -220,31 +221,50 @@ def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORK
           config: ServeConfig | None = None, version: str | None = None, options: Any = None,
           timeout: float = 180.0) -> TorchServeProcess:
     """Start (or update) the local TorchServe with ``model`` (default: the registry's champion), served
-    as the line model and the page model (``SERVED_NAMES``); ``options`` (an ``ArchiveOptions``) sets
+    as the line model and the page model (``SERVED_NAMES``; by default pages are served by the page
+    model champion, ``textrec-page@champion``, where one exists); ``options`` (an ``ArchiveOptions``) sets
     batching and the handler's limits, the page archive taking them through ``for_task("page")``."""
     from serving.archive import SERVED_NAMES, ArchiveOptions, build_archive, resolve_model
 
     workdir = Path(workdir)
+    page_model = model
     if model is None:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri_from_last_run()
         if not uri:
             raise ServeError("no model: pass MODEL=path/to/model.pt, or set MLFLOW_TRACKING_URI "
                              "(or run the pipeline so .textrec/last-run.json names the MLflow server)")
         os.environ["MLFLOW_TRACKING_URI"] = uri
-        model = CHAMPION_URI
+        model = page_model = CHAMPION_URI
+        if page_champion_exists():  # a page model is champion: it serves pages, the line champion lines
+            page_model = PAGE_CHAMPION_URI
+    models = {"line": model, "page": page_model}
     cfg = config or ServeConfig(model_store=workdir / "model-store", enable_model_api=True)
     server = TorchServeProcess(cfg, workdir)
     if server.pid() is not None:  # already up: roll it to this model instead (adding pages if missing)
         server = TorchServeProcess.from_workdir(workdir)
-        deploy_model(model, version=version, workdir=workdir, archive_options=options, tasks=list(SERVED_NAMES))
+        if page_model == model:
+            deploy_model(model, version=version, workdir=workdir, archive_options=options,
+                         tasks=list(SERVED_NAMES), runtime="torchserve")
+        else:
+            for task in SERVED_NAMES:
+                deploy_model(models[task], workdir=workdir, archive_options=options, tasks=[task],
+                             runtime="torchserve")
         for name in SERVED_NAMES.values():
             server.wait_ready(name)
         return server
     options = options or ArchiveOptions(workers=cfg.workers_per_model)
     with tempfile.TemporaryDirectory(prefix="textrec-serve-") as tmp:
-        source = resolve_model(model, Path(tmp), version=version or model_version(str(model)))
-        mars = {name: build_archive(source, cfg.model_store, model_name=name, options=options.for_task(task),
-                                    overwrite=True).name for task, name in SERVED_NAMES.items()}
+        sources: dict[str, Any] = {}
+        for task, uri_or_path in models.items():
+            if uri_or_path == model and "line" in sources:
+                sources[task] = sources["line"]
+                continue
+            sources[task] = resolve_model(uri_or_path, Path(tmp) / task,
+                                          version=version if uri_or_path == model and version
+                                          else model_version(str(uri_or_path)))
+        mars = {name: build_archive(sources[task], cfg.model_store, model_name=name,
+                                    options=options.for_task(task), overwrite=True).name
+                for task, name in SERVED_NAMES.items()}
     server.start(mars, timeout=timeout)
     try:
         for name in mars:
@@ -256,21 +276,52 @@ def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORK
 
 
 def deploy_step(model_uri: str, *, promoted: bool, target: str, model_store_uri: str = "", namespace: str = "",
-                deployment: str = "textrec-serving") -> DeployResult:
+                deployment: str = "textrec-serving", task: str = "line") -> DeployResult:
     """The pipeline's deploy step: serve ``model_uri`` when the gate ``promoted`` it and ``target`` is not
     ``"none"``; otherwise change nothing and say why. It decides from the register step's outputs rather
     than sitting inside pipeline conditions, so every runner (Kubeflow, kfp.local) runs it the same way
-    and a run's log always says what became of serving. ``namespace`` empty: the pod's own."""
+    and a run's log always says what became of serving. ``namespace`` empty: the pod's own.
+
+    ``task="page"`` (a ``textrec-page`` model): locally only TorchServe's page endpoint moves; on a
+    cluster the workload named ``deployment`` (a serving release for pages). A line model moves the
+    local page endpoint too (it reads pages through the segmenter) unless a page model is champion."""
     if target == "none":
         return DeployResult(False, f"serving_target is 'none': {model_uri} is registered, not served",
                             target=target)
     if target not in TARGETS:
         raise ValueError(f"deploy step: serving_target must be 'cluster', 'local' or 'none', got {target!r}")
+    if task not in ("line", "page"):
+        raise ValueError(f"deploy step: task must be 'line' or 'page', got {task!r}")
     if not promoted:
         return DeployResult(False, f"{model_uri} was not promoted: the served champion stays", target=target)
+    name = registered_name(model_uri) or (PAGE_MODEL_NAME if task == "page" else MODEL_NAME)
     if target == "local":
-        return deploy_model(model_uri, target="local")
+        if task == "page":
+            return deploy_model(model_uri, target="local", tasks=["page"], runtime="torchserve")
+        return deploy_model(model_uri, target="local", model_name=name,
+                            tasks=["line"] if registered_name(model_uri) and page_champion_exists() else None)
     from cluster.client import current_namespace
 
-    return deploy_model(model_uri, target="cluster", model_store_uri=model_store_uri,
+    return deploy_model(model_uri, target="cluster", model_store_uri=model_store_uri, model_name=name,
                         namespace=namespace or current_namespace(), deployment=deployment)
+
+
+def registered_name(model_uri: str) -> str | None:
+    """``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` -> NAME (None for a local model)."""
+    if not str(model_uri).startswith("models:/"):
+        return None
+    return str(model_uri)[len("models:/"):].split("/")[0].split("@")[0] or None
+
+
+def page_champion_exists() -> bool:
+    """Whether the registry has a page model champion (``textrec-page@champion``): then it, not the
+    line champion through the segmenter, is what serves pages."""
+    from mlflow.exceptions import MlflowException
+
+    from textrec.tracking import TrackingError, mlflow_client
+
+    try:
+        mlflow_client().get_model_version_by_alias(PAGE_MODEL_NAME, CHAMPION)
+        return True
+    except (MlflowException, TrackingError):  # no such model, or no registry to ask
+        return False

@@ -185,3 +185,64 @@ def write_page_report(report: PageReport, out_dir: str | os.PathLike) -> Path:
     path = out / "report.html"
     atomic_write(path, render_page_html(report))
     return path
+
+
+# --- the pipeline's evaluate step for page models -------------------------------------------------
+
+
+def page_set_hash(store_path: str | os.PathLike, split: str = "test") -> str:
+    """What identifies the pages one split of a page store holds: its content hash and the split."""
+    import hashlib
+
+    from textrec.data.pages import PageStore
+
+    return hashlib.sha256(f"{PageStore(store_path).content_hash}:{split}".encode()).hexdigest()
+
+
+def evaluate_page_split(model_pt: str | os.PathLike, page_store: str | os.PathLike, out_dir: str | os.PathLike,
+                        *, step: Any = None, real_val: str = "") -> dict[str, Any]:
+    """The evaluate step of a page model (``task: page``): page CER/WER on the test split of
+    ``page_store`` and its HTML report (boxes drawn) in ``out_dir``, logged to the step's MLflow run;
+    with ``real_val`` (a page TSV) that set too, under ``out_dir/real_val``. Returns what
+    :func:`textrec.evaluate.evaluate_split` returns for lines, with page scores: ``cer``, ``wer``,
+    ``n``, ``eval_set_hash``, ``report``, ``line_count_exact`` and the ``real_val_*`` ones."""
+    import hashlib
+
+    import mlflow
+
+    from textrec import tracking
+
+    step = step or tracking.StepTracking()
+    eval_hash = page_set_hash(page_store)
+    if real_val:  # a bad source fails before anything is logged
+        real = list(tsv_pages(real_val))
+        digest = hashlib.sha256()
+        for image, truth, _ in real:
+            digest.update(np.ascontiguousarray(image).tobytes())
+            digest.update("\n".join(truth).encode())
+        real_hash = digest.hexdigest()
+    tags = {tracking.TAG_EVAL_SET: eval_hash, **({tracking.TAG_REAL_VAL_SET: real_hash} if real_val else {})}
+    with tracking.step_run("evaluate", step.pipeline_run_id, tracking_uri=step.uri, experiment=step.experiment,
+                           tags=tags) as run_id:
+        rec = Recognizer.load(model_pt)
+        report = evaluate_pages(rec, store_pages(page_store), source=f"test split of {Path(page_store).name}")
+        out = Path(out_dir)
+        html_path = write_page_report(report, out)
+        for f in (html_path, out / "report.json"):
+            mlflow.log_artifact(str(f))
+        s = report.summary()
+        scores = {"test_cer": report.cer, "test_wer": report.wer, "test_n": report.n,
+                  "test_line_count_exact": s["line_count_exact"]}
+        result: dict[str, Any] = {"cer": report.cer, "wer": report.wer, "n": report.n, "eval_set_hash": eval_hash,
+                                  "report": str(html_path), "line_count_exact": s["line_count_exact"]}
+        if real_val:
+            real_report = evaluate_pages(rec, iter(real), source=real_val)
+            real_page = write_page_report(real_report, out / "real_val")
+            scores.update(real_val_cer=real_report.cer, real_val_wer=real_report.wer, real_val_n=real_report.n)
+            for f in (real_page, out / "real_val" / "report.json"):
+                mlflow.log_artifact(str(f), artifact_path="real_val")
+            result.update(real_val_cer=real_report.cer, real_val_wer=real_report.wer, real_val_n=real_report.n,
+                          real_val_hash=real_hash, real_val_report=str(real_page))
+        mlflow.log_metrics(scores)
+        tracking.log_to_parent(run_id, scores, tracking_uri=step.uri)
+    return result

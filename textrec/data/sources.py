@@ -4,7 +4,8 @@ A data source names real handwriting to read: ``none`` (synthetic lines only), `
 (EMNIST characters, composed into lines) or ``iam:<uri>`` (IAM lines); the uri is a local path, an
 ``https://`` URL (EMNIST) or an ``s3://`` URI. :func:`ingest` reads it into a folder (``chars.h5`` or
 ``iam.h5`` plus ``source.json``); :func:`synthesize_dataset` renders synthetic lines beside it and
-returns the merged dataset's description.
+returns the merged dataset's description, and with ``n_pages`` synthetic pages (``pages.h5``, a page
+store: what page models train and are scored on).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from textrec.io import write_json
 
 DATA_KINDS = ("none", "emnist", "iam")
 CHARS_FILE, IAM_FILE, SOURCE_FILE = "chars.h5", "iam.h5", "source.json"
+PAGES_FILE = "pages.h5"  # the dataset folder's page store, when pages were asked for
 
 
 def parse_source(data_source: str) -> tuple[str, str]:
@@ -51,10 +53,11 @@ def ingest(data_source: str, out_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def synthesize_dataset(n_lines: int, source_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                       seed: int = 0, emnist_lines: int = 0, synth: Mapping[str, Any] | None = None
-                       ) -> dict[str, Any]:
+                       seed: int = 0, emnist_lines: int = 0, synth: Mapping[str, Any] | None = None,
+                       n_pages: int = 0) -> dict[str, Any]:
     """Synthetic lines, plus EMNIST-lines when EMNIST was ingested and IAM when IAM was: the merged data.
-    ``synth`` overrides the renderer's settings (a training config's ``data.synth``)."""
+    ``synth`` overrides the renderer's settings (a training config's ``data.synth``). With ``n_pages``
+    also that many synthetic pages in the page store ``pages.h5`` (described under ``pages``)."""
     from textrec.data.store import describe_stores
     from textrec.data.synth import SynthConfig, synthesize
 
@@ -68,4 +71,12 @@ def synthesize_dataset(n_lines: int, source_dir: str | os.PathLike, out_dir: str
     if (src / IAM_FILE).is_file():
         shutil.copyfile(src / IAM_FILE, out / IAM_FILE)
         stores.append(out / IAM_FILE)
-    return describe_stores(stores)
+    described = describe_stores(stores)
+    if n_pages > 0:
+        from textrec.data.pages import PageStore, synthesize_pages
+
+        synthesize_pages(n_pages, out / PAGES_FILE, seed=seed, config=SynthConfig.from_mapping(synth or {}),
+                         progress=False)
+        info = PageStore(out / PAGES_FILE).info()
+        described["pages"] = {k: info[k] for k in ("n", "splits", "lines", "content_hash")}
+    return described

@@ -146,7 +146,7 @@ def register_challenger(model_pt: str | os.PathLike, stores: Sequence[str | os.P
                         eval_hash: str, model_name: str = MODEL_NAME, margin: float = 0.0,
                         step: StepTracking = StepTracking(),  # noqa: B008 (frozen)
                         decision_path: str | os.PathLike | None = None, real_val_cer: float | None = None,
-                        real_val_hash: str = "", train_run_id: str = "") -> Decision:
+                        real_val_hash: str = "", train_run_id: str = "", task: str = "line") -> Decision:
     """Log and register the model (alias ``challenger``), then let the gate decide ``champion``.
 
     The model is logged from the training run ``train_run_id`` (empty: this step's run) at its best
@@ -159,6 +159,9 @@ def register_challenger(model_pt: str | os.PathLike, stores: Sequence[str | os.P
     hash means none) a champion scored on the same real set is compared on it. Otherwise a champion
     scored on another test set is re-scored on the test split of ``stores``. The decision is logged
     with the step's run as ``decision.json`` and, with ``decision_path``, written there too.
+
+    ``task="page"``: ``stores`` are page stores, a re-scored champion is scored by page CER on their
+    test split, and the logged pyfunc reads pages.
     """
     import mlflow
 
@@ -167,15 +170,30 @@ def register_challenger(model_pt: str | os.PathLike, stores: Sequence[str | os.P
     from textrec.io import write_json
 
     def reevaluate(champion_pt: Path) -> float:
+        if task == "page":
+            from itertools import chain
+
+            from textrec.evaluate_pages import evaluate_pages, store_pages
+
+            return evaluate_pages(champion_pt, chain.from_iterable(store_pages(p) for p in stores)).cer
         return evaluate(champion_pt, split_samples(stores)).cer
+
+    def content_hash_of() -> str:
+        if task == "page":
+            from textrec.data.pages import PageStore
+            from textrec.data.store import combine_hashes
+
+            return combine_hashes(PageStore(p).content_hash for p in stores)
+        return str(describe_stores(stores)["content_hash"])
 
     uri = step.uri
     real = bool(real_val_hash) and real_val_cer is not None and real_val_cer >= 0
     with step_run("register", step.pipeline_run_id, tracking_uri=uri, experiment=step.experiment) as run_id:
-        content_hash = describe_stores(stores)["content_hash"]
+        content_hash = content_hash_of()
         tags = {TAG_PIPELINE_RUN: step.pipeline_run_id, TAG_GIT: git_commit(), TAG_DATASET: content_hash}
         source_run = train_run_id or run_id
-        logged = log_line_version(model_pt, source_run, model_name=model_name, tags=tags, tracking_uri=uri)
+        logged = log_line_version(model_pt, source_run, model_name=model_name, tags=tags, tracking_uri=uri,
+                                  task=task)
         version = logged.version
         log_training_data(source_run, stores, content_hash, tracking_uri=uri)
         log_model_evaluation(run_id, logged.model_id, stores, eval_hash, {"test_cer": test_cer}, tracking_uri=uri,

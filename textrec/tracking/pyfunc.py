@@ -44,8 +44,13 @@ from PIL import Image
 IMAGE, TEXT, CONFIDENCE = "image", "text", "confidence"
 ARTIFACT_KEY = "model"  # the key of model.pt in the pyfunc's artifacts
 LOGGED_NAME = "model"  # the logged model's name within its run
+LINES = "lines"
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", IMAGE)]),
                            outputs=Schema([ColSpec("string", TEXT), ColSpec("double", CONFIDENCE)]))
+# A page model (``task: page``): per page its text (lines joined by newlines) and its lines as JSON,
+# ``[{"box": [x0, y0, x1, y1], "text": ..., "confidence": ...}, ...]``, as the page endpoint answers.
+PAGE_SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", IMAGE)]),
+                                outputs=Schema([ColSpec("string", TEXT), ColSpec("string", LINES)]))
 # What a machine needs to run the logged model (textrec itself travels as code with it; MLflow adds
 # itself). Pinned to what is installed here: pip then has nothing to infer (which costs ~8 s).
 MODEL_REQUIREMENTS = ("torch", "numpy", "pandas", "pillow", "scipy", "pyyaml", "editdistance", "h5py")
@@ -94,6 +99,39 @@ class LineReader(PythonModel):
                             columns=[TEXT, CONFIDENCE])
 
 
+class PageReader(LineReader):
+    """Reads page images (found lines, read top to bottom) with the textrec ``model.pt``."""
+
+    def predict(self, context: PythonModelContext, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        import json
+
+        if not isinstance(model_input, pd.DataFrame) or IMAGE not in model_input.columns:
+            got = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
+            raise PyfuncInputError(f"expected a table with an {IMAGE!r} column of PNG/JPEG page bytes or "
+                                   f"base64, got {got}")
+        texts, lines = [], []
+        for i, value in enumerate(model_input[IMAGE]):
+            name = f"{IMAGE} row {i}"
+            reading = self.recognizer.recognise_page(image_bytes(value, name), name)
+            texts.append(reading.text)
+            lines.append(json.dumps(reading.to_json()["lines"]))
+        return pd.DataFrame({TEXT: texts, LINES: lines}, columns=[TEXT, LINES])
+
+
+def example_page_png() -> bytes:
+    """A small synthetic page: three lines of strokes, the logged input example of a page model."""
+    rng = np.random.default_rng(0)
+    img = np.full((150, 220), 235, np.uint8)
+    for top in (15, 60, 105):
+        for x in range(10, 200, 9):
+            a, b = top + int(rng.integers(0, 6)), top + int(rng.integers(18, 26))
+            img[a:b, x:x + 3] = 30
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def example_line_png(width: int = 96) -> bytes:
     """A small synthetic line image (dark strokes on light paper), the logged input example."""
     rng = np.random.default_rng(0)
@@ -123,9 +161,10 @@ def pip_requirements() -> list[str]:
 
 
 def log_line_model(model_pt: str | os.PathLike, run_id: str, *, step: int = 0,
-                   tags: Mapping[str, str] | None = None) -> ModelInfo:
+                   tags: Mapping[str, str] | None = None, task: str = "line") -> ModelInfo:
     """Log ``model.pt`` as a pyfunc LoggedModel whose source is run ``run_id`` (say, the training run),
-    at ``step`` (its best epoch: the run's metrics of that step are linked to the model).
+    at ``step`` (its best epoch: the run's metrics of that step are linked to the model). ``task``
+    ``"page"``: the pyfunc reads pages (:class:`PageReader`) instead of lines.
 
     The run need not be active: a later step logs the model of the run that trained it without
     reopening that run (which would move its end time). The model is checked to load first.
@@ -134,13 +173,19 @@ def log_line_model(model_pt: str | os.PathLike, run_id: str, *, step: int = 0,
     from textrec.artifact import read_artifact
     from textrec.rundir import MODEL
 
+    if task not in ("line", "page"):
+        raise ValueError(f"task must be 'line' or 'page', got {task!r}")
+    page = task == "page"
     info = read_artifact(model_pt)
     with tempfile.TemporaryDirectory(prefix="textrec-pyfunc-") as tmp:
         if Path(model_pt).name != MODEL:  # the artifact keeps its file name: always artifacts/model.pt
             model_pt = shutil.copyfile(model_pt, Path(tmp) / MODEL)
         return Model.log(
-            artifact_path=None, name=LOGGED_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=int(step), python_model=LineReader(),
+            artifact_path=None, name=LOGGED_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=int(step),
+            python_model=PageReader() if page else LineReader(),
             artifacts={ARTIFACT_KEY: str(model_pt)}, code_paths=[str(Path(textrec.__file__).parent)],
-            signature=SIGNATURE, input_example=input_example(), pip_requirements=pip_requirements(),
-            metadata={"textrec_model": info["model_name"], "charset": info["charset"]},
+            signature=PAGE_SIGNATURE if page else SIGNATURE,
+            input_example=pd.DataFrame({IMAGE: [example_page_png()]}) if page else input_example(),
+            pip_requirements=pip_requirements(),
+            metadata={"textrec_model": info["model_name"], "charset": info["charset"], "task": task},
             tags={k: str(v) for k, v in (tags or {}).items()} or None)

@@ -48,9 +48,9 @@ class LoggedVersion:
 
 def log_line_version(model_pt: str | os.PathLike, run_id: str, *, model_name: str = MODEL_NAME,
                      tags: Mapping[str, str] | None = None, tracking_uri: str | None = None,
-                     step: int | None = None) -> LoggedVersion:
+                     step: int | None = None, task: str = "line") -> LoggedVersion:
     """Log ``model.pt`` from run ``run_id`` as a pyfunc model and register it (alias ``challenger``);
-    the new version's source run is ``run_id``.
+    the new version's source run is ``run_id``. ``task="page"``: the pyfunc reads pages.
 
     ``step`` is the run's step the model comes from; None: the best epoch of the run's history of
     the metric that picked the best checkpoint (``selected_by`` in the artifact's metrics).
@@ -66,7 +66,7 @@ def log_line_version(model_pt: str | os.PathLike, run_id: str, *, model_name: st
     if step is None:
         monitor = str((read_artifact(model_pt).get("metrics") or {}).get("selected_by") or "")
         step = best_step(run_id, monitor, tracking_uri=tracking_uri)
-    logged = log_line_model(model_pt, run_id, step=step, tags=tags)
+    logged = log_line_model(model_pt, run_id, step=step, tags=tags, task=task)
     mv = mlflow.register_model(logged.model_uri, model_name, tags=dict(tags or {}))
     client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
     return LoggedVersion(str(mv.version), str(logged.model_id), run_id)

@@ -1,0 +1,72 @@
+"""The pipeline's page task end to end: a kfp.local run (smoke profile, task page) renders synthetic
+pages, scores the model by page CER on their test split, registers it as its own page model whose
+pyfunc reads pages, and its deploy step moves the running TorchServe's page endpoint only.
+
+Real parts only: an MLflow server, `make serve`'s TorchServe and a kfp.local pipeline run on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+
+import pandas as pd
+import pytest
+from fixtures.net import free_port
+from fixtures.page_images import page_png
+from fixtures.serving import line_png, make_model_pt
+from test_promotion_serving import _pipeline
+
+from serving.config import ServeConfig
+from textrec.recognizer import Recognizer
+from textrec.tracking import MODEL_NAME, PAGE_MODEL_NAME, TAG_TEST_CER
+from textrec.tracking.registry import download_model
+
+pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17 (java on PATH)")
+
+
+def test_a_page_run_registers_a_page_model_and_moves_only_the_page_endpoint(tmp_path, mlflow_server,
+                                                                            monkeypatch):
+    import mlflow
+
+    from serving.deploy import serve
+    from textrec.tracking import mlflow_client
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    cfg = ServeConfig(model_store=tmp_path / ".textrec" / "serve" / "model-store", inference_port=free_port(),
+                      management_port=free_port(), metrics_port=free_port(), grpc_inference_port=free_port(),
+                      grpc_management_port=free_port(), enable_model_api=True)
+    server = serve(str(make_model_pt(tmp_path / "line.pt")), version="L1", workdir=tmp_path / ".textrec" / "serve",
+                   config=cfg)
+    name = f"{PAGE_MODEL_NAME}-{uuid.uuid4().hex[:6]}"
+    try:
+        assert server.predict(page_png()[0], model=PAGE_MODEL_NAME)["version"] == "L1"
+        run = _pipeline(tmp_path, mlflow_server.url, name, "--task", "page", "--synth-pages", "24",
+                        "--serving-target", "local")
+        assert "(page CER)" in run.stdout and f"as version 1 ({PAGE_MODEL_NAME})" in run.stdout, run.stdout[-2000:]
+        # The page endpoint now serves the page model's registry version; lines keep their model.
+        assert server.predict(page_png()[0], model=PAGE_MODEL_NAME)["version"] == "1"
+        assert server.predict(line_png(1), model=MODEL_NAME)["version"] == "L1"
+    finally:
+        server.stop()
+
+    client = mlflow_client(mlflow_server.url)
+    version = client.get_model_version_by_alias(name, "champion")
+    assert version.version == "1" and TAG_TEST_CER in version.tags
+    evaluate = [r for r in client.search_runs([client.get_run(version.run_id).info.experiment_id],
+                                              f"tags.`textrec.pipeline_run_id` = '{version.tags['textrec.pipeline_run_id']}'")
+                if r.data.tags.get("textrec.step") == "evaluate"]
+    assert evaluate and "test_line_count_exact" in evaluate[0].data.metrics  # scored as pages
+
+    reader = mlflow.pyfunc.load_model(f"models:/{name}/1")
+    png, _ = page_png(seed=3)
+    out = reader.predict(pd.DataFrame({"image": [png]}))
+    assert list(out.columns) == ["text", "lines"]
+    # What the registered model.pt reads on that page, through the same Recognizer as the page endpoint
+    # (a smoke model may read a blob line as nothing, and such a line is dropped: compare, do not count).
+    expected = Recognizer.load(download_model(name, "1", tmp_path / "v1")).recognise_page(png)
+    assert json.loads(out["lines"][0]) == expected.to_json()["lines"]
+    assert out["text"][0] == expected.text
+    with pytest.raises(Exception, match="image"):
+        reader.predict(pd.DataFrame({"picture": [png]}))  # the wrong column is named
