@@ -300,3 +300,23 @@ def test_promotion_names_what_it_found_when_nothing_textrec_serves_there() -> No
         spec=SimpleNamespace(template=SimpleNamespace(spec=SimpleNamespace(containers=[SimpleNamespace(name="nginx")]))))
     with pytest.raises(ValueError, match=r"runs containers \['nginx'\], none of them a textrec serving runtime"):
         find_workload("textrec-serving", "ml", apps_api=apps, custom_api=objects)
+
+
+def test_the_serving_image_runs_both_runtimes_without_what_it_leaves_out() -> None:
+    # The serving image installs the project's pins minus docker/requirements.py's SERVING_EXCLUDES:
+    # both runtimes' modules (the chart's OIP container imports serving.oip) must import without them.
+    sys.path.insert(0, str(ROOT / "docker"))
+    try:
+        from requirements import SERVING_EXCLUDES
+    finally:
+        sys.path.remove(str(ROOT / "docker"))
+    blocked = sorted(n.replace("-", "_") for n in SERVING_EXCLUDES if n != "kfp-kubernetes") + ["kfp_kubernetes"]
+    code = ("import sys\n"
+            f"for name in {blocked!r}: sys.modules[name] = None  # importing one raises ImportError\n"
+            "import serving.oip, serving.oip_process, serving.handler, serving.images\n"
+            "from textrec.recognizer import Recognizer\n"
+            "print('imported')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0 and "imported" in out.stdout, out.stderr[-3000:]
+    assert "mlflow" in blocked and "kubernetes" in blocked  # the check blocks what the image lacks
