@@ -11,9 +11,12 @@ out-of-memory killer does). TorchServe starts a new worker; requests in flight o
 answered 5xx. Prints, for each setting, failed requests, the longest answer and wall time; nothing is
 asserted.
 
-The Open Inference Protocol server (``serving.oip``) is one process: killing it stops the server, and
-nothing on one machine starts it again (on Kubernetes, the kubelet restarts the container; its
-readiness probe keeps traffic away meanwhile), so the figure that compares is TorchServe's.
+    python benchmarks/faults.py --runtime kserve     # the same fault on the OIP server
+
+The Open Inference Protocol server (``serving.oip``) is one process: the same fault kills the server
+itself. On Kubernetes the kubelet then restarts the container; here a supervisor thread does what the
+kubelet does (start it again at once, with the same token, as the chart's token Secret keeps it), and
+the figures include how long the restart took.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -40,6 +45,8 @@ from serve import default_model, free_port, line_pngs  # noqa: E402 (benchmarks/
 
 from serving.archive import ArchiveOptions, archive_model  # noqa: E402
 from serving.config import ServeConfig  # noqa: E402
+from serving.oip import OipConfig  # noqa: E402
+from serving.oip_process import OipServerProcess  # noqa: E402
 from serving.torchserve import TorchServeProcess  # noqa: E402
 from textrec.client import Endpoint, EndpointError  # noqa: E402
 from textrec.tracking import MODEL_NAME  # noqa: E402
@@ -54,6 +61,8 @@ class FaultRun:
     max_latency_s: float
     wall_s: float
     killed_pid: int
+    runtime: str = "torchserve"
+    restart_s: float | None = None  # the OIP server: from the kill until it listened again
 
 
 def worker_pids(server: TorchServeProcess) -> list[int]:
@@ -68,16 +77,63 @@ def worker_pids(server: TorchServeProcess) -> list[int]:
 def run_under_fault(server: TorchServeProcess, images: list[bytes], *, retries: int, concurrency: int = 4,
                     kill_after: int | None = None, model: str = MODEL_NAME) -> FaultRun:
     """Post ``images`` with ``concurrency`` threads and kill the worker once ``kill_after`` are answered."""
+    endpoint = Endpoint(server.config.inference_url, server.token(), retries=retries, backoff_s=0.25)
+
+    def kill() -> int:
+        pids = worker_pids(server)
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+        return pids[0] if pids else 0
+
+    with endpoint:
+        return _load(lambda image: endpoint.predict(image, model), kill, images, retries=retries,
+                     concurrency=concurrency, kill_after=kill_after)
+
+
+def run_oip_under_fault(server: OipServerProcess, model_pt: Path, token_file: Path, images: list[bytes], *,
+                        retries: int, concurrency: int = 4, kill_after: int | None = None) -> FaultRun:
+    """The same load on the OIP server; the kill takes the whole server, and a supervisor starts it again
+    at once with the same model and token (what the kubelet does for a container that died)."""
+    endpoint = Endpoint(server.url, token_file.read_text().strip(), retries=retries, backoff_s=0.25)
+    restart: list[float] = []
+
+    def supervise(pid: int, t0: float) -> None:
+        psutil.Process(pid).wait(timeout=30)
+        old = getattr(server, "_proc", None)
+        if old is not None:
+            old.wait(timeout=30)  # reap the dead server
+        server.start(model_pt, "1", token_file=token_file, timeout=120)
+        restart.append(time.perf_counter() - t0)
+
+    threads: list[threading.Thread] = []
+
+    def kill() -> int:
+        pid = server.pid() or 0
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            threads.append(threading.Thread(target=supervise, args=(pid, time.perf_counter()), daemon=True))
+            threads[-1].start()
+        return pid
+
+    with endpoint:
+        run = _load(lambda image: endpoint.predict_v2(image, MODEL_NAME), kill, images, retries=retries,
+                    concurrency=concurrency, kill_after=kill_after)
+    for t in threads:
+        t.join(timeout=150)
+    return FaultRun(**{**asdict(run), "runtime": "kserve", "restart_s": round(restart[0], 2) if restart else None})
+
+
+def _load(predict: Callable[[bytes], Any], kill: Callable[[], int], images: list[bytes], *, retries: int,
+          concurrency: int, kill_after: int | None) -> FaultRun:
     kill_after = len(images) // 4 if kill_after is None else kill_after
     done, lock, killed = [0], threading.Lock(), [0]
     statuses: dict[str, int] = {}
     latencies: list[float] = []
-    endpoint = Endpoint(server.config.inference_url, server.token(), retries=retries, backoff_s=0.25)
 
     def one(image: bytes) -> bool:
         t0 = time.perf_counter()
         try:
-            endpoint.predict(image, model)
+            predict(image)
             ok = True
         except EndpointError as e:
             with lock:
@@ -87,14 +143,11 @@ def run_under_fault(server: TorchServeProcess, images: list[bytes], *, retries: 
             latencies.append(time.perf_counter() - t0)
             done[0] += 1
             if done[0] == kill_after and not killed[0]:
-                pids = worker_pids(server)
-                if pids:
-                    killed[0] = pids[0]
-                    os.kill(pids[0], signal.SIGKILL)
+                killed[0] = kill()
         return ok
 
     t0 = time.perf_counter()
-    with endpoint, ThreadPoolExecutor(concurrency) as pool:
+    with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(one, images))
     wall = time.perf_counter() - t0
     return FaultRun(retries, len(images), results.count(False), statuses, round(max(latencies), 3),
@@ -124,10 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=1, help="TorchServe batch (make serve: 8)")
+    p.add_argument("--runtime", choices=("torchserve", "kserve"), default="torchserve",
+                   help="kserve: the Open Inference Protocol server, restarted by a supervisor")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     images = line_pngs(a.requests)
+    if a.runtime == "kserve":
+        return _main_oip(a, images)
     with tempfile.TemporaryDirectory(prefix="textrec-faults-") as tmp:
         server = start_server(a.model, Path(tmp), a.batch_size)
         try:
@@ -137,16 +194,41 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for_workers(server)
         finally:
             server.stop()
+    return _report(a, runs, f"batch {a.batch_size}, worker killed after a quarter")
+
+
+def _main_oip(a: argparse.Namespace, images: list[bytes]) -> int:
+    with tempfile.TemporaryDirectory(prefix="textrec-faults-") as tmp:
+        root = Path(tmp)
+        model_pt = Path(a.model) if a.model else default_model(root / "model" / "model.pt")
+        token_file = root / "token"
+        token_file.write_text("faults-benchmark-token\n")
+        server = OipServerProcess(OipConfig(port=free_port()), root / "oip")
+        server.start(model_pt, "1", token_file=token_file, timeout=120)
+        try:
+            server.wait_ready()
+            runs = []
+            for retries in (0, 5):
+                runs.append(run_oip_under_fault(server, model_pt, token_file, images, retries=retries,
+                                                concurrency=a.concurrency))
+                server.wait_ready()
+        finally:
+            server.stop()
+    return _report(a, runs, "OIP server killed after a quarter and started again by a supervisor")
+
+
+def _report(a: argparse.Namespace, runs: list[FaultRun], what: str) -> int:
     report = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "date": time.strftime("%Y-%m-%d"),
-              "runs": [asdict(r) for r in runs]}
+              "runtime": a.runtime, "runs": [asdict(r) for r in runs]}
     if a.json:
         print(json.dumps(report))
         return 0
     print(f"{report['machine']}, {report['date']}: {a.requests} requests at concurrency {a.concurrency}, "
-          f"batch {a.batch_size}, worker killed after a quarter")
-    print(f"{'retries':>7} {'failed':>6} {'statuses':>16} {'max latency s':>13} {'wall s':>7}")
+          f"{a.runtime}, {what}")
+    print(f"{'retries':>7} {'failed':>6} {'statuses':>16} {'max latency s':>13} {'wall s':>7} {'restart s':>9}")
     for r in runs:
-        print(f"{r.retries:>7} {r.failed:>6} {json.dumps(r.statuses):>16} {r.max_latency_s:>13} {r.wall_s:>7}")
+        print(f"{r.retries:>7} {r.failed:>6} {json.dumps(r.statuses):>16} {r.max_latency_s:>13} {r.wall_s:>7} "
+              f"{r.restart_s if r.restart_s is not None else '':>9}")
     return 0
 
 

@@ -77,9 +77,10 @@ class OipServerProcess:
             return None
 
     def start(self, model_path: str | os.PathLike, version: str, *, source: dict | None = None,
-              timeout: float = 120.0) -> None:
+              timeout: float = 120.0, token_file: str | os.PathLike | None = None) -> None:
         """Start the server in the background with ``model_path`` served as ``version``; returns once it
-        listens (``wait_ready`` then proves a prediction)."""
+        listens (``wait_ready`` then proves a prediction). ``token_file``: the key to take instead of a
+        fresh one, so clients keep theirs across a restart (as the chart's replicas share one)."""
         if self.pid() is not None:
             raise ServeError(f"an OIP server from {self.workdir} is already running (pid {self.pid()}); "
                              "stop it first (python -m serving stop --runtime kserve)")
@@ -89,7 +90,8 @@ class OipServerProcess:
         # One OpenMP thread, as TorchServe's workers: the client and other servers share the cores.
         env = {**os.environ, "OMP_NUM_THREADS": str(self.config.threads)}
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "serving.oip", "--workdir", str(self.workdir)],
+            token = ["--token-file", str(Path(token_file).absolute())] if token_file else []
+            proc = subprocess.Popen([sys.executable, "-m", "serving.oip", "--workdir", str(self.workdir), *token],
                                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.pid_file.write_text(f"{proc.pid}\n")
         self._proc = proc  # reaped by stop(); a server started from a shell outlives its starter

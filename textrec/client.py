@@ -5,10 +5,15 @@ fails the requests it held with 507 (or 5xx from a gateway) and restarts it with
 Deployment drops a connection or two. The client retries those answers with exponential backoff, so a
 batch of thousands of lines completes across such faults. A 4xx is the caller's mistake (a bad image, a
 wrong token) and is raised at once, with the server's explanation.
+
+Both runtimes: ``predict`` speaks TorchServe's ``/predictions/{model}`` (``make serve``), ``predict_v2``
+the Open Inference Protocol's ``/v2/models/{model}/infer`` (``make serve RUNTIME=kserve``, KServe),
+with the same retries and an answer of the same shape.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,9 +69,25 @@ class Endpoint:
     def predict(self, image: bytes, model: str, *, name: str = "image") -> dict[str, Any]:
         """POST one image (PNG/JPEG bytes) to ``/predictions/{model}``; ``name`` labels errors."""
         url = self.predictions_url(model)
+        return self._post(url, name, data=image, headers={"Content-Type": "application/octet-stream"})
+
+    def predict_v2(self, image: bytes, model: str, *, name: str = "image") -> dict[str, Any]:
+        """POST one image as an Open Inference Protocol v2 request; answered like :meth:`predict`:
+        ``{"text", "confidence", "version"}``."""
+        url = f"{self.url.rstrip('/')}/v2/models/{model}/infer"
+        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                            "data": [base64.b64encode(image).decode("ascii")]}]}
+        answer = self._post(url, name, json=body)
         try:
-            r = self.session.post(url, data=image, timeout=self.timeout_s,
-                                  headers={"Content-Type": "application/octet-stream"})
+            out = {o["name"]: o["data"][0] for o in answer["outputs"]}
+            return {"text": out["text"], "confidence": out["confidence"], "version": answer.get("model_version")}
+        except (KeyError, IndexError, TypeError) as e:
+            raise EndpointError(f"{name}: {url} answered 200 but not an inference response with text and "
+                                f"confidence ({e!r})") from e
+
+    def _post(self, url: str, name: str, **kw: Any) -> Any:
+        try:
+            r = self.session.post(url, timeout=self.timeout_s, **kw)
         except requests.exceptions.RetryError as e:
             raise EndpointError(f"{name}: {url} kept failing after {self.retries} retries ({e})") from e
         except requests.ConnectionError as e:
