@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from serving.deploy import CHAMPION_URI, deploy_model, serve
+from serving.champion import CHAMPION_URI
+from serving.deploy import deploy_model, serve
 from serving.torchserve import DEFAULT_WORKDIR, ServeError, TorchServeProcess
 from textrec.progress import quiet_when_piped
 from textrec.tracking import MODEL_NAME

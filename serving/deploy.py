@@ -15,7 +15,6 @@ Kubernetes.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -23,16 +22,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from serving.champion import CHAMPION_URI, PAGE_CHAMPION_URI, use_champion_registry
 from serving.config import ServeConfig
 from serving.torchserve import DEFAULT_WORKDIR, ServeError, TorchServeProcess
 from textrec.tracking import CHAMPION, MODEL_NAME, PAGE_MODEL_NAME
 
-CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
-PAGE_CHAMPION_URI = f"models:/{PAGE_MODEL_NAME}@{CHAMPION}"
 TARGETS = ("local", "cluster")
 RUNTIMES = ("torchserve", "kserve")
 OIP_SUBDIR = "oip"  # the OIP server's folder inside the serving folder (serving.oip_process)
-LAST_RUN = Path(".textrec/last-run.json")
 
 
 @dataclass(frozen=True)
@@ -208,15 +205,6 @@ def _deploy_cluster(model_uri: str, wanted: str, *, model_name: str, model_store
 # --- `make serve` ---------------------------------------------------------------------------------
 
 
-def tracking_uri_from_last_run(path: Path = LAST_RUN) -> str | None:
-    """The MLflow server the last local run used, if it recorded one."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data.get("tracking_uri") or None  # written by pipelines.local
-
-
 def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORKDIR,
           config: ServeConfig | None = None, version: str | None = None, options: Any = None,
           timeout: float = 180.0) -> TorchServeProcess:
@@ -229,11 +217,7 @@ def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORK
     workdir = Path(workdir)
     page_model = model
     if model is None:
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri_from_last_run()
-        if not uri:
-            raise ServeError("no model: pass MODEL=path/to/model.pt, or set MLFLOW_TRACKING_URI "
-                             "(or run the pipeline so .textrec/last-run.json names the MLflow server)")
-        os.environ["MLFLOW_TRACKING_URI"] = uri
+        use_champion_registry()
         model = page_model = CHAMPION_URI
         if page_champion_exists():  # a page model is champion: it serves pages, the line champion lines
             page_model = PAGE_CHAMPION_URI

@@ -244,11 +244,7 @@ def serve_oip(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_
 
 def _champion() -> str:
     """The champion URI, with the tracking server ``make serve`` uses for TorchServe."""
-    from serving.deploy import CHAMPION_URI, tracking_uri_from_last_run
+    from serving.champion import CHAMPION_URI, use_champion_registry
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri_from_last_run()
-    if not uri:
-        raise ServeError("no model: pass MODEL=path/to/model.pt, or set MLFLOW_TRACKING_URI "
-                         "(or run the pipeline so .textrec/last-run.json names the MLflow server)")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    use_champion_registry()
     return CHAMPION_URI
