@@ -4,8 +4,6 @@ The image already holds textrec and kfp, so components install nothing when thei
 (``install_kfp_package=False``).
 """
 
-import os
+from textrec import component_image
 
-from textrec import __version__
-
-COMPONENT_IMAGE = os.environ.get("TEXTREC_IMAGE") or f"ghcr.io/textrec/textrec-component:{__version__}"
+COMPONENT_IMAGE = component_image()
