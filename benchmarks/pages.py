@@ -9,6 +9,10 @@ ids such as ``a02-102-03``), the lines of the same forms are read pre-cut as wel
 be set beside the line CER of exactly those lines: the difference is what segmentation costs.
 Prints, per page and overall: lines found / true, page CER and WER, pages per second (segmentation +
 recognition, ``--repeat`` timed passes, the best kept). Nothing is asserted.
+
+``--paragraph`` reads the same pages with a paragraph model as well (whole pages, no segmentation):
+a trained ``model.pt`` / run folder, or a training config (``configs/paragraph-smoke.yaml``), whose
+model is then built untrained (its pages/s are real, its CER is not). One more line is printed.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed passes over the pages (best kept)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--paragraph", default=None,
+                    help="also read the pages with this paragraph model (model.pt, run folder, or a config: untrained)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rec = Recognizer.load(a.model)
@@ -68,10 +74,46 @@ def main() -> None:
             out["lines_cer"], out["lines_wer"], out["lines_n"] = line_report.cer, line_report.wer, line_report.n
         else:
             print(f"no line of {sorted(forms)} in {a.lines}")
+    if a.paragraph:
+        out["paragraph"] = paragraph_line(a.paragraph, pages, a.repeat)
     if a.report is not None:
         print(f"wrote {write_page_report(report, a.report)}")
     if a.json is not None:
         a.json.write_text(json.dumps(out, indent=2))
+
+
+def paragraph_recognizer(source: str) -> tuple[Recognizer, str]:
+    """A paragraph model's Recognizer: from an artifact, or untrained from a training config."""
+    if not source.endswith((".yaml", ".yml")):
+        return Recognizer.load(source), "trained"
+    from textrec.artifact import artifact_dict
+    from textrec.models import create_model
+    from textrec.training import load_config
+    from textrec.training.data import charset_and_stem
+
+    cfg = load_config(source)
+    charset, stem = charset_and_stem(cfg)
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, num_classes=charset.num_classes, height=cfg.stem.height,
+                         **cfg.model.options)
+    info = {k: v for k, v in artifact_dict(model, charset=charset, stem=stem).items() if k != "state_dict"}
+    return Recognizer(model, info), "untrained"
+
+
+def paragraph_line(source: str, pages: list, repeat: int) -> dict:
+    rec, state = paragraph_recognizer(source)
+    report = evaluate_pages(rec, pages, source=source)
+    best = report.seconds
+    for _ in range(repeat - 1):
+        t0 = time.perf_counter()
+        for image, _, name in pages:
+            rec.recognise_page(image, name)
+        best = min(best, time.perf_counter() - t0)
+    s = report.summary()
+    print(f"paragraph model {rec.info['model_name']} ({state}, {source}, "
+          f"{rec.model.num_parameters() / 1e6:.2f} M parameters): CER {report.cer:.2%}, line count exact on "
+          f"{s['line_count_exact']}/{report.n}, {report.n / best:.2f} pages/s ({best / report.n:.2f} s/page)")
+    return {**s, "pages_per_s": report.n / best, "state": state, "source": source}
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ def synthesize_lines(n_lines: int, seed: int, emnist_lines: int, source: Input[D
     folder holds one line store per source, each with train/val/test splits. The renderer takes the
     training config's data.synth settings (after config_overrides), so the lines are the recipe's. With
     n_pages > 0 the folder also holds that many synthetic pages (pages.h5, a page store with each
-    line's box), what page models are trained and scored on."""
+    line's box, laid out as the config's data.page says), what page models are trained and scored on."""
     from textrec.data.sources import synthesize_dataset
-    from textrec.training.job import synth_recipe
+    from textrec.training.job import page_layout, synth_recipe
 
-    synth = synth_recipe(train_config, overrides=[str(o) for o in config_overrides])
+    overrides = [str(o) for o in config_overrides]
+    synth = synth_recipe(train_config, overrides=overrides)
     lines.metadata.update(synthesize_dataset(n_lines, source.path, lines.path, seed=seed, emnist_lines=emnist_lines,
-                                             synth=synth, n_pages=n_pages))
+                                             synth=synth, n_pages=n_pages,
+                                             page=page_layout(train_config, overrides=overrides)))

@@ -14,14 +14,26 @@ def train_model(lines: Input[Dataset], train_config: str, config_overrides: list
     torchrun over gpus_per_node GPUs, or on several nodes as a TrainJob/PyTorchJob. Checkpoints go to
     checkpoint_root under a key of the pipeline run, so a retry resumes from the last one. real_val (a
     labelled real set: TSV, IAM lines folder or s3:// URI; empty: none) is scored every epoch and picks the
-    best checkpoint."""
+    best checkpoint. A config with data.kind 'pages' (a paragraph model) trains on the dataset's page
+    store (pages.h5: set the pipeline's synth_pages) instead; real_val then holds pages and is left to
+    evaluation."""
+    from pathlib import Path
+
     from cluster.trainjob import launch_multi_node
+    from textrec.data.sources import PAGES_FILE
     from textrec.data.store import find_line_stores
     from textrec.metrics import numeric
     from textrec.tracking import StepTracking
-    from textrec.training.job import TrainRequest, store_uris, train_from_request
+    from textrec.training.job import TrainRequest, data_kind, store_uris, train_from_request
 
-    stores = tuple(str(p) for p in find_line_stores(lines.path))
+    if data_kind(train_config, overrides=[str(o) for o in config_overrides]) == "pages":
+        pages = Path(lines.path) / PAGES_FILE
+        if not pages.is_file():
+            raise ValueError(f"the training config has data.kind=pages but the dataset has no {PAGES_FILE}: "
+                             "set synth_pages > 0")
+        stores, real_val = (str(pages),), ""
+    else:
+        stores = tuple(str(p) for p in find_line_stores(lines.path))
     request = TrainRequest(
         stores=stores, store_uris=store_uris(lines.uri, stores), config=train_config,
         overrides=tuple(config_overrides), epochs=epochs, gpus_per_node=gpus_per_node, nodes=nodes,

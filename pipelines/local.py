@@ -53,6 +53,9 @@ PROFILES = {
     "smoke": Profile(str(CONFIGS / "smoke.yaml"), threads=1),  # the test-sized run: minutes on 2 cores
     "cpu": Profile(str(CONFIGS / "cpu.yaml")),  # the default: about 20-25 minutes on 2 cores
     "gpu": Profile(str(CONFIGS / "gpu.yaml"), gpus=1),
+    # The paragraph model (data.kind pages): with --task page, trained on the run's synthetic pages.
+    "paragraph-smoke": Profile(str(CONFIGS / "paragraph-smoke.yaml"), threads=1),
+    "paragraph-gpu": Profile(str(CONFIGS / "paragraph-gpu.yaml"), gpus=1),
 }
 
 

@@ -8,7 +8,10 @@ Real parts only: an MLflow server, `make serve`'s TorchServe and a kfp.local pip
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 
 import pandas as pd
@@ -70,3 +73,29 @@ def test_a_page_run_registers_a_page_model_and_moves_only_the_page_endpoint(tmp_
     assert out["text"][0] == expected.text
     with pytest.raises(Exception, match="image"):
         reader.predict(pd.DataFrame({"picture": [png]}))  # the wrong column is named
+
+
+def test_a_page_run_trains_the_paragraph_model_on_the_runs_pages(tmp_path, mlflow_server, monkeypatch):
+    from test_promotion_serving import REPO
+
+    from textrec.tracking import mlflow_client
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    name = f"{PAGE_MODEL_NAME}-{uuid.uuid4().hex[:6]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KFP_", "TEXTREC_"))}
+    env.update(MLFLOW_TRACKING_URI=mlflow_server.url, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.local", "--profile", "paragraph-smoke", "--task", "page",
+         "--synth-lines", "30", "--synth-pages", "16", "--root", str(tmp_path / ".textrec"), "--model-name", name,
+         "--serving-target", "none"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    model_pt = download_model(name, "1", tmp_path / "v1")
+    reader = Recognizer.load(model_pt)
+    assert reader.task == "page"  # the paragraph model, trained on the run's pages.h5
+    client = mlflow_client(mlflow_server.url)
+    info = client.get_model_version(name, "1")
+    train = client.get_run(info.run_id)
+    assert train.data.tags.get("textrec.step") == "train"  # the version's source run trained it
+    assert train.data.params["data.kind"] == "pages" and train.data.params["model.name"] == "paragraph_transformer"
+    png, _ = page_png(seed=4)
+    assert isinstance(reader.recognise_page(png).text, str)

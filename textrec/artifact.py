@@ -4,7 +4,7 @@ A torch-saved dict of tensors and plain Python values only, so it loads with
 ``torch.load(..., weights_only=True)`` and never runs code from the file::
 
     {"format": "textrec-model", "version": 1,
-     "model_name", "model_config": dict, "num_classes", "height", "state_dict",
+     "model_name", "model_config": dict, "task": "line" | "page", "num_classes", "height", "state_dict",
      "charset": str, "stem": dict, "decoder": DecoderSpec.to_dict(), "lm": dict | None,
      "word_lm": dict | None, "metrics": dict, "created": ISO time}
 
@@ -14,6 +14,10 @@ written before ``insertion_bonus`` or ``word_weight`` existed lack them and read
 the word LM it carries (:attr:`textrec.decoding.CharNgramLM.words`): the lexicon as one string and
 its log-probabilities as one float32 tensor, ~0.6 MB for 50k words. Artifacts without ``word_lm``
 decode without words.
+
+``task`` is the model's (:attr:`textrec.models.LineModel.task`): ``page`` for a paragraph model, which
+reads whole pages and whose ``stem`` entry is then a page stem's settings
+(:class:`textrec.models.paragraph.PageStem`). Artifacts written before ``task`` existed read as ``line``.
 
 Training writes it; :class:`textrec.recognizer.Recognizer`, evaluation and serving read it.
 """
@@ -81,6 +85,7 @@ def artifact_dict(model: LineModel, *, charset: Charset, stem: Any,
         "version": ARTIFACT_VERSION,
         "model_name": str(model.name),
         "model_config": _plain(model.config),
+        "task": str(model.task),
         "num_classes": num_classes,
         "height": int(model.height),
         "state_dict": state,
@@ -129,6 +134,9 @@ def read_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise ArtifactError(f"{path}: model artifact lacks {', '.join(missing)}")
+    data.setdefault("task", "line")  # artifacts written before paragraph models
+    if data["task"] not in ("line", "page"):
+        raise ArtifactError(f"{path}: unknown task {data['task']!r} (expected 'line' or 'page')")
     try:
         data["decoder"] = _decoder_spec(data["decoder"]).to_dict()  # older artifacts: defaults filled in
     except ValueError as e:
@@ -154,5 +162,8 @@ def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
         model.load_state_dict(data["state_dict"])
     except RuntimeError as e:
         raise ArtifactError(f"{path}: weights do not fit model {data['model_name']!r} ({e})") from e
+    if model.task != data["task"]:
+        raise ArtifactError(f"{path}: the artifact says task {data['task']!r} but model {data['model_name']!r} "
+                            f"reads {model.task}s")
     model.to(map_location).eval()
     return model, info

@@ -8,6 +8,11 @@ Text from other sources is normalised with an explicit, documented mapping (:dat
 typographic quotes and dashes become their ASCII forms, IAM's ``|`` word separator and any run of
 white space become one space. Any other character outside the set raises
 :class:`UnknownCharacterError`, which names the character and the text it came from.
+
+Paragraph models read whole pages and write their lines with a line break between them: their charset
+(:func:`page_charset`) is this one with :data:`LINE_BREAK` appended as its last character, so every
+other character keeps its class index (a line model's outputs and saved weights mean what they did).
+A charset that holds the line break normalises each line of a text and keeps the breaks.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ NORMALISE: dict[str, str] = {
     "\u00a0": " ", "\t": " ", "\n": " ", "\r": " ",
 }
 _SPACES = re.compile(r" {2,}")
+LINE_BREAK = "\n"  # the paragraph models' line-break token: the last character of a page charset
 
 
 class UnknownCharacterError(ValueError):
@@ -63,6 +69,12 @@ class Charset:
         >>> Charset().normalise("It\u2019s  a|test\u2014ok")
         "It's a test-ok"
         """
+        if LINE_BREAK in self._index:  # type: ignore[attr-defined]  # a page charset: line by line
+            return LINE_BREAK.join(self._normalise_line(t) for t in text.split(LINE_BREAK))
+        return self._normalise_line(text)
+
+    @staticmethod
+    def _normalise_line(text: str) -> str:
         text = "".join(NORMALISE.get(c, c) for c in text)
         return _SPACES.sub(" ", text).strip()
 
@@ -113,3 +125,19 @@ class Charset:
 
 
 DEFAULT_CHARSET = Charset()
+
+
+def page_charset(charset: Charset = DEFAULT_CHARSET) -> Charset:
+    """The charset of a paragraph model: ``charset`` with :data:`LINE_BREAK` appended (unchanged if it
+    has one), so the other characters keep their indices and the line break is the last class.
+
+    >>> cs = page_charset()
+    >>> cs.num_classes, cs.encode("Hi!\\nyou") == DEFAULT_CHARSET.encode("Hi!") + [80] + DEFAULT_CHARSET.encode("you")
+    (81, True)
+    >>> cs.decode(cs.encode(" It\u2019s  \\n ok ")).split(LINE_BREAK)
+    ["It's", 'ok']
+    """
+    return charset if LINE_BREAK in charset else Charset(charset.chars + LINE_BREAK)
+
+
+PAGE_CHARSET = page_charset()

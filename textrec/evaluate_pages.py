@@ -6,7 +6,8 @@ the TSV's folder, or from a page store split (:mod:`textrec.data.pages`).
 
 Page CER compares the page's text with its lines joined by newlines on both sides, so a missed or
 split line costs its characters plus a line break; WER is over the same texts. The line count of a
-page is right when the segmenter found as many lines as the truth has.
+page is right when the segmenter found as many lines as the truth has (with a paragraph model, an
+artifact of task ``page``: when the model wrote as many lines; see :class:`textrec.recognizer.Recognizer`).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ confidence 0, on every path that goes through the Recognizer.
 
 Pages go through :mod:`textrec.segment` first: the classical segmenter cuts the page into line crops
 (each with its box on the page) and the line model reads the crops, all lines of a page in one batch.
+A paragraph model (an artifact whose ``task`` is ``page``) reads each page whole instead, through its
+page stem (:class:`textrec.models.paragraph.PageStem`), and its text is split into lines at the line
+breaks it writes (:func:`split_page_reading`: each line's box is a band of the page, see there).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from textrec.charset import Charset
+from textrec.charset import LINE_BREAK, Charset
 from textrec.decoding import CharNgramLM, DecoderSpec, Recognition, WordLM
+from textrec.models.paragraph import PageStem
 from textrec.segment import Box, SegmentConfig, segment_page
 from textrec.stem import LineStem, is_blank, to_grey
 
@@ -136,7 +140,8 @@ class Recognizer:
         self.max_page_pixels = max_page_pixels
         self.segment = segment
         self.charset = Charset(info["charset"])
-        self.stem = LineStem.from_dict(info["stem"])
+        self.task = str(info.get("task", model.task))  # "page": a paragraph model, which reads pages whole
+        self.stem = (PageStem if self.task == "page" else LineStem).from_dict(info["stem"])
         self.decoder = DecoderSpec.from_dict(info.get("decoder") or {})
         # A model that does not use an LM never gets one (older artifacts of such models may carry one).
         self.lm = _language_model(info, self.charset) if model.uses_lm else None
@@ -202,6 +207,8 @@ class Recognizer:
         """Read each page; the lines of all pages are recognised in shared batches."""
         names = list(names) if names is not None else [
             str(im) if isinstance(im, str | os.PathLike) else f"page {i}" for i, im in enumerate(images)]
+        if self.task == "page":
+            return self._read_whole_pages(images, names, batch_size)
         crops = [segment_page(self.page_grey(im, nm), self.segment).lines
                  for im, nm in zip(images, names, strict=True)]
         tensors = [self.stem(c.image) for page in crops for c in page]
@@ -213,6 +220,43 @@ class Recognizer:
             lines = [ln for ln in lines if ln.text.strip()]  # a crop the model reads as nothing is no line
             pages.append(PageReading("\n".join(ln.text for ln in lines), lines))
         return pages
+
+    def _read_whole_pages(self, images: Sequence[ImageInput], names: Sequence[str],
+                          batch_size: int) -> list[PageReading]:
+        """A paragraph model reads each page whole (pages batched by width); its text splits into lines."""
+        stem: PageStem = self.stem  # type: ignore[assignment]  # the task says so
+        read = [stem.read(self.page_grey(im, nm)) for im, nm in zip(images, names, strict=True)]
+        results = self.recognise_tensors([x for x, _ in read], batch_size)
+        return [split_page_reading(r, box) for (_, box), r in zip(read, results, strict=True)]
+
+
+def split_page_reading(rec: Recognition, box: Box) -> PageReading:
+    """A paragraph model's reading of a page -> its lines, top to bottom, split at the line breaks.
+
+    A line's confidence is the mean probability of its characters (the line break after it excluded);
+    empty lines are dropped. The model writes text, not positions, so each line's box is a band of
+    ``box`` (the page region the stem read: its ink): ``box`` cut into as many equal horizontal bands as
+    there are lines. Where a line really lies, and how wide it is, is not known.
+
+    >>> r = Recognition([1, 2, 3, 4, 5], "ab\\ncd", 0.7, [0.9, 0.7, 0.5, 0.6, 0.8])
+    >>> [(ln.box, ln.text, round(ln.confidence, 2)) for ln in split_page_reading(r, (10, 0, 110, 40)).lines]
+    [((10, 0, 110, 20), 'ab', 0.8), ((10, 20, 110, 40), 'cd', 0.7)]
+    """
+    probs = list(rec.char_confidences or [])
+    if len(probs) != len(rec.text):  # no per-character confidences: every line gets the text's
+        probs = [float(rec.confidence)] * len(rec.text)
+    parts: list[tuple[str, list[float]]] = [("", [])]
+    for ch, p in zip(rec.text, probs, strict=True):
+        if ch == LINE_BREAK:
+            parts.append(("", []))
+        else:
+            parts[-1] = (parts[-1][0] + ch, parts[-1][1] + [float(p)])
+    kept = [(t.strip(), ps) for t, ps in parts if t.strip()]
+    x0, y0, x1, y1 = box
+    step = (y1 - y0) / max(1, len(kept))
+    lines = [PageLine((x0, y0 + round(k * step), x1, y0 + round((k + 1) * step)), t, sum(ps) / len(ps))
+             for k, (t, ps) in enumerate(kept)]
+    return PageReading(LINE_BREAK.join(ln.text for ln in lines), lines)
 
 
 def _language_model(info: dict[str, Any], charset: Charset) -> CharNgramLM | None:

@@ -54,10 +54,11 @@ def ingest(data_source: str, out_dir: str | os.PathLike) -> dict[str, Any]:
 
 def synthesize_dataset(n_lines: int, source_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                        seed: int = 0, emnist_lines: int = 0, synth: Mapping[str, Any] | None = None,
-                       n_pages: int = 0) -> dict[str, Any]:
+                       n_pages: int = 0, page: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Synthetic lines, plus EMNIST-lines when EMNIST was ingested and IAM when IAM was: the merged data.
     ``synth`` overrides the renderer's settings (a training config's ``data.synth``). With ``n_pages``
-    also that many synthetic pages in the page store ``pages.h5`` (described under ``pages``)."""
+    also that many synthetic pages in the page store ``pages.h5`` (described under ``pages``), ``page``
+    overriding their layout (a training config's ``data.page``)."""
     from textrec.data.store import describe_stores
     from textrec.data.synth import SynthConfig, synthesize
 
@@ -73,10 +74,10 @@ def synthesize_dataset(n_lines: int, source_dir: str | os.PathLike, out_dir: str
         stores.append(out / IAM_FILE)
     described = describe_stores(stores)
     if n_pages > 0:
-        from textrec.data.pages import PageStore, synthesize_pages
+        from textrec.data.pages import PageConfig, PageStore, synthesize_pages
 
         synthesize_pages(n_pages, out / PAGES_FILE, seed=seed, config=SynthConfig.from_mapping(synth or {}),
-                         progress=False)
+                         page_config=PageConfig.from_mapping(page or {}), progress=False)
         info = PageStore(out / PAGES_FILE).info()
         described["pages"] = {k: info[k] for k in ("n", "splits", "lines", "content_hash")}
     return described

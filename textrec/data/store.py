@@ -416,9 +416,23 @@ def combine_hashes(hashes: Iterable[str]) -> str:
     return h.hexdigest()
 
 
+def _store_info(path: str | os.PathLike) -> dict[str, Any]:
+    """A line store's info, or the counts and hash of a page store (read here: textrec.data.pages
+    builds on this module)."""
+    if store_format(path) != PAGES_FORMAT:
+        return LineStore(path).info()
+    f = _open_h5(Path(path), PAGES_FORMAT)
+    with f:
+        names = json.loads(f.attrs["splits"])
+        per_split = Counter(names[c] for c in f["pages"]["split"][:])
+        return {"path": str(path), "n": int(sum(per_split.values())), "splits": dict(per_split),
+                "content_hash": str(f.attrs["content_hash"])}
+
+
 def describe_stores(stores: Sequence[str | os.PathLike]) -> dict[str, Any]:
-    """Names, line counts per split, and one content hash over all the stores (a dataset's identity)."""
-    infos = [LineStore(p).info() for p in stores]
+    """Names, item counts per split, and one content hash over all the stores (a dataset's identity).
+    Page stores count pages (``lines`` is then the number of pages)."""
+    infos = [_store_info(p) for p in stores]
     splits: dict[str, int] = {}
     for info in infos:
         for k, v in info["splits"].items():

@@ -20,6 +20,7 @@ from textrec.decoding import CharNgramLM, DecoderSpec, Recognition
 GREEDY = DecoderSpec()
 
 _MODELS: dict[str, tuple[type[LineModel], type]] = {}
+TASKS = ("line", "page")  # what one input image of a model is: a line, or a whole paragraph/page
 
 
 class LineModel(nn.Module):
@@ -33,10 +34,15 @@ class LineModel(nn.Module):
     Capability, declared by each model class: ``uses_lm``, whether its decoding fuses a character
     language model. Training fits an LM and tries LM weights only for such models, and nobody passes
     an LM to the others (their ``recognise`` refuses one).
+
+    ``task`` says what one input image is: ``"line"`` (one line of text; the default) or ``"page"`` (a
+    paragraph or page, read whole; its text holds line breaks, see :func:`textrec.charset.page_charset`).
+    The model artifact records it, so a Recognizer knows whether the model reads lines or pages.
     """
 
     name: str = ""
     uses_lm: bool  # each registered model states it (register_model checks)
+    task: str = "line"  # one of TASKS
 
     def __init__(self, config: Any, *, num_classes: int, height: int) -> None:
         super().__init__()
@@ -96,6 +102,8 @@ def register_model(name: str, config_cls: type) -> Callable[[type[LineModel]], t
         if not isinstance(cls.__dict__.get("uses_lm"), bool):
             raise TypeError(f"model {name!r}: {cls.__qualname__} must set the class attribute uses_lm "
                             "(a bool)")
+        if cls.task not in TASKS:
+            raise TypeError(f"model {name!r}: task must be one of {TASKS}, got {cls.task!r}")
         if name in _MODELS and _MODELS[name][0] is not cls:
             raise ValueError(f"model name {name!r} is already registered by {_MODELS[name][0].__qualname__}")
         cls.name = name
@@ -109,16 +117,23 @@ def _lookup(name: str) -> tuple[type[LineModel], type]:
     try:
         return _MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models(None))}") from None
 
 
-def list_models() -> list[str]:
-    """Registered model names, sorted.
+def list_models(task: str | None = "line") -> list[str]:
+    """Registered model names of ``task`` (line models by default; None: every task), sorted.
 
     >>> list_models()
     ['line_cnn_lstm', 'resnet_transformer']
+    >>> list_models("page")
+    ['paragraph_transformer']
     """
-    return sorted(_MODELS)
+    return sorted(name for name, (cls, _) in _MODELS.items() if task is None or cls.task == task)
+
+
+def model_task(name: str) -> str:
+    """What one input image of a registered model is: ``"line"`` or ``"page"`` (see :data:`TASKS`)."""
+    return _lookup(name)[0].task
 
 
 def model_config(name: str) -> type:

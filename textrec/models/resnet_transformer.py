@@ -11,6 +11,11 @@ Shapes for height 40 and a batch of B lines padded to width W::
 Tokens: characters keep their charset indices 1..num_classes-1 (index 0, the CTC blank, is never
 produced); ``pad``, ``start`` and ``end`` are the three indices after the charset, so V = num_classes + 3.
 Teacher forcing in training, greedy or beam search at inference (no key/value cache: lines are short).
+
+``paragraph_transformer`` (:class:`ParagraphTransformer`, at the end of this file) is the same model
+over whole paragraph or page images: a trunk that keeps more rows (the 2-D memory then spans the
+page's lines), a charset with a line-break character (:func:`textrec.charset.page_charset`), and
+longer outputs. Its pages come from :class:`textrec.models.paragraph.PageStem`.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textrec.charset import Charset
+from textrec.charset import PAGE_CHARSET, Charset
 from textrec.decoding import CharNgramLM, DecoderSpec, Recognition
-from textrec.models.line_cnn_lstm import ResNetTrunk
+from textrec.models.line_cnn_lstm import ResBlock, ResNetTrunk
 from textrec.models.registry import GREEDY, LineModel, register_model
 
 
@@ -69,7 +74,7 @@ class ResnetTransformer(LineModel):
         d = config.d_model
         self.pad, self.start, self.end = num_classes, num_classes + 1, num_classes + 2
         self.vocab = num_classes + 3
-        self.encoder = ResNetTrunk(config.channels, config.blocks, last_stride_w=2)
+        self.encoder = self.make_encoder(config)
         self.project = nn.Conv2d(config.channels[3], d, 1)
         self.embed = nn.Embedding(self.vocab, d, padding_idx=self.pad)
         layer = nn.TransformerDecoderLayer(d, config.heads, config.ff, config.dropout, batch_first=True,
@@ -84,6 +89,9 @@ class ResnetTransformer(LineModel):
         self.register_buffer("banned", banned, persistent=False)
 
     # --- encoder --------------------------------------------------------------------------------
+
+    def make_encoder(self, config: ResnetTransformerConfig) -> ResNetTrunk:
+        return ResNetTrunk(config.channels, config.blocks, last_stride_w=2)
 
     def encode(self, images: torch.Tensor, widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> memory (B, S, d) and its padding mask (B, S), True where a position is padding."""
@@ -225,3 +233,106 @@ class ResnetTransformer(LineModel):
         finished.extend((s / max(len(t), 1), t, p) for s, t, p in live)
         _, toks, ps = max(finished, key=lambda f: f[0])
         return toks, ps
+
+
+# ---------------------------------------------------------------------------------------------------
+# The page variant
+
+
+@dataclass(frozen=True)
+class ParagraphTransformerConfig:
+    """``resnet_transformer``'s settings, plus the trunk's strides, and outputs as long as pages."""
+
+    channels: tuple[int, int, int, int] = (16, 48, 96, 128)
+    blocks: tuple[int, int, int] = (1, 1, 1)
+    # (rows, columns) strides of the three residual stages, after the first conv's /2 both ways. The
+    # default gives square 8 x 8 px memory cells: several rows per written line, even on a small page.
+    row_strides: tuple[int, int, int] = (2, 2, 1)
+    col_strides: tuple[int, int, int] = (2, 1, 2)
+    d_model: int = 128
+    heads: int = 4
+    layers: int = 3
+    ff: int = 384
+    dropout: float = 0.1
+    label_smoothing: float = 0.0
+    max_length: int = 600  # characters (line breaks included) decoded at most per page
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "blocks", "row_strides", "col_strides"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if len(self.channels) != 4 or len(self.blocks) != 3 or min(self.blocks) < 1:
+            raise ValueError(f"paragraph_transformer: channels need 4 sizes and blocks 3 counts >= 1, got "
+                             f"channels={self.channels} blocks={self.blocks}")
+        for name in ("row_strides", "col_strides"):
+            if len(getattr(self, name)) != 3 or not set(getattr(self, name)) <= {1, 2}:
+                raise ValueError(f"paragraph_transformer: {name} must be 3 strides of 1 or 2, got "
+                                 f"{getattr(self, name)}")
+        if self.d_model % 4 or self.d_model % self.heads:
+            raise ValueError(f"paragraph_transformer: d_model ({self.d_model}) must be divisible by 4 and by "
+                             f"heads ({self.heads})")
+        if self.max_length < 1:
+            raise ValueError(f"paragraph_transformer: max_length must be >= 1, got {self.max_length}")
+
+
+class PageTrunk(ResNetTrunk):
+    """:class:`ResNetTrunk` with the residual stages' strides given: conv 3x3 /2, then three stages.
+    Columns beyond each page's width stay zero at every step, as in the line trunk."""
+
+    def __init__(self, channels: tuple[int, ...], blocks: tuple[int, ...], row_strides: tuple[int, int, int],
+                 col_strides: tuple[int, int, int]) -> None:
+        nn.Module.__init__(self)
+        c0 = channels[0]
+        self.stem = nn.Sequential(nn.Conv2d(1, c0, 3, 2, 1, bias=False), nn.BatchNorm2d(c0), nn.ReLU())
+        layers: list[ResBlock] = []
+        c_in = c0
+        for c, n, sr, sc in zip(channels[1:], blocks, row_strides, col_strides, strict=True):
+            layers.append(ResBlock(c_in, c, (sr, sc)))
+            layers.extend(ResBlock(c, c) for _ in range(n - 1))
+            c_in = c
+        self.blocks = nn.ModuleList(layers)
+        self.width_strides = (2, *col_strides)
+        self.row_strides = (2, *row_strides)
+
+    def page_rows(self, height: int) -> int:
+        """Memory rows for input ``height`` (each stride rounds up, as the convolutions do)."""
+        for s in self.row_strides:
+            height = (height + s - 1) // s
+        return height
+
+
+@register_model("paragraph_transformer", ParagraphTransformerConfig)
+class ParagraphTransformer(ResnetTransformer):
+    """``resnet_transformer`` over page images: the memory is the page's 2-D feature map, flattened, and
+    the decoder writes the lines top to bottom with the charset's line break between them.
+
+    Shapes for a page stem of height 128 (:class:`textrec.models.paragraph.PageStem`) and B pages::
+
+        pages (B, 1, 128, W <= max_width)   each page scaled to fit, paper below and right of it
+        trunk (default strides)     (B, c3, 16, W/8)    8 x 8 px cells
+        1x1 conv + 2-D position     (B, d, 16, W/8)
+        flatten                     (B, S = 16 * W/8, d) columns beyond a page's width are masked
+        decoder over tokens (B, L)  (B, L, V)           L up to max_length; V = num_classes + 3
+
+    The classes are :data:`textrec.charset.PAGE_CHARSET`'s (the line charset + the line break, 81 with
+    the blank) when the data says so: ``num_classes`` comes from the data, as for every model.
+    """
+
+    uses_lm = False
+    task = "page"
+
+    def __init__(self, config: ParagraphTransformerConfig, *, num_classes: int, height: int) -> None:
+        super().__init__(config, num_classes=num_classes, height=height)  # type: ignore[arg-type]
+        if num_classes == PAGE_CHARSET.num_classes:
+            self.charset = PAGE_CHARSET
+
+    def make_encoder(self, config: ResnetTransformerConfig) -> ResNetTrunk:
+        cfg: ParagraphTransformerConfig = config  # type: ignore[assignment]
+        return PageTrunk(cfg.channels, cfg.blocks, cfg.row_strides, cfg.col_strides)
+
+    def _max_steps(self, widths: torch.Tensor) -> torch.Tensor:
+        """Characters a page may decode at most: one per memory cell of its width (about twice what
+        the densest synthetic page writes at the default strides), and never more than ``max_length``.
+        """
+        trunk: PageTrunk = self.encoder  # type: ignore[assignment]
+        cells = trunk.out_widths(widths.to(torch.long)) * trunk.page_rows(self.height)
+        return torch.clamp(cells, max=self.config.max_length)

@@ -16,6 +16,7 @@ from textrec.decoding import DEFAULT_BEAM, DEFAULT_LEXICON_SIZE, LEXICONS
 from textrec.stem import StemConfig
 
 DATA_MODES = ("pool", "online", "store")
+DATA_KINDS = ("lines", "pages")  # what one training item is; pages train paragraph models
 SCHEDULES = ("onecycle", "cosine", "constant")
 AMP_MODES = ("auto", "bf16", "off")
 
@@ -33,6 +34,13 @@ class DataConfig:
     ``real_val`` names a labelled set of real lines (a TSV of ``image<TAB>text`` rows, an IAM lines folder,
     or an s3:// URI of either; see :func:`textrec.evaluate.real_samples`): scored every epoch as
     ``real_val_cer``, it then picks the best checkpoint instead of the synthetic val CER.
+
+    ``kind: pages`` trains a paragraph model (a model whose ``task`` is ``page``) on whole pages:
+    ``store`` reads page stores (``textrec data synth --pages N``), ``pool`` renders ``pages`` synthetic
+    pages once (``page``: :class:`textrec.data.pages.PageConfig` overrides) into the cache, split as
+    for lines (90 % train, 5 % val, 5 % test, plus ``test_unseen_font`` pages); ``val_lines``,
+    ``test_lines`` and ``unseen_font_lines`` then cap the pages of those splits. The stem fits each
+    page into ``stem.height`` rows and ``stem.max_width`` columns (:class:`textrec.models.paragraph.PageStem`).
     """
 
     mode: str = "pool"
@@ -52,6 +60,9 @@ class DataConfig:
     synth_workers: int = 0  # processes that render a pool; 0: all cores
     synth: dict[str, Any] = field(default_factory=dict)  # SynthConfig overrides, e.g. data.synth.pen_p=0.3
     real_val: str = ""  # labelled real lines scored every epoch: TSV, IAM lines folder or s3:// URI; "": none
+    kind: str = "lines"  # lines, or pages (whole pages for a paragraph model; see above)
+    pages: int = 200  # kind=pages, mode=pool: synthetic pages rendered (train/val/test; unseen-font extra)
+    page: dict[str, Any] = field(default_factory=dict)  # PageConfig overrides, e.g. data.page.scale=0.5
 
     def __post_init__(self) -> None:
         if self.mode not in DATA_MODES:
@@ -67,6 +78,20 @@ class DataConfig:
             from textrec.data.synth import SynthConfig
 
             SynthConfig.from_mapping(self.synth)  # an unknown key or a bad value fails as the config loads
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
+        if self.kind == "pages":
+            from textrec.data.pages import PageConfig
+
+            PageConfig.from_mapping(self.page)
+            if self.mode == "online":
+                raise ValueError("data.kind=pages reads page stores (data.mode=store) or a rendered pool "
+                                 "(data.mode=pool); data.mode=online renders lines only")
+            if self.mode == "pool" and self.pages < 3:
+                raise ValueError(f"data.pages must be at least 3 (train, val and test pages), got {self.pages}")
+            if self.real_val or self.optional_stores:
+                raise ValueError("data.real_val and data.optional_stores hold lines; with data.kind=pages "
+                                 "put page stores in data.stores")
 
 
 @dataclass(frozen=True)

@@ -394,7 +394,10 @@ def build_data(cfg: Any, out_dir: Path, charset: Charset, stem: LineStem, env: A
     Optional stores that exist add their training lines to the training set and their val/test
     splits as extra evaluation sets named ``<file stem>_<split>`` (``iam_test``, say).
     ``data.real_val`` adds the evaluation set ``real_val`` (labelled real lines, in every mode).
+    ``data.kind=pages``: whole pages instead (:func:`build_page_data`).
     """
+    if cfg.data.kind == "pages":
+        return build_page_data(cfg, out_dir, stem, env, log)
     d = cfg.data
     cache = _cache_dir(cfg, out_dir)
     real_val = _real_val(cfg, cache, charset, stem, env) if d.real_val else None  # a bad one fails in seconds
@@ -501,3 +504,119 @@ def _online_data(cfg: Any, stem: LineStem) -> TrainData:
         return [train.text(i, 0) for i in range(len(train))]
 
     return TrainData(train, evals, lm_texts, f"online rendering, {len(train_fonts)} training fonts")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pages, for paragraph models (data.kind = pages)
+
+
+def charset_and_stem(cfg: Any) -> tuple[Charset, LineStem]:
+    """What the data gives a run's model: the line charset and stem, or, for ``data.kind=pages``, the
+    page charset (with its line break) and the page stem. A model of the other task fails here, before
+    any data is prepared."""
+    from textrec.charset import DEFAULT_CHARSET, PAGE_CHARSET
+    from textrec.models.paragraph import PageStem
+    from textrec.models.registry import list_models, model_task
+
+    pages = cfg.data.kind == "pages"
+    want = "page" if pages else "line"
+    if model_task(cfg.model.name) != want:
+        raise ValueError(f"model {cfg.model.name!r} reads {model_task(cfg.model.name)}s but data.kind is "
+                         f"{cfg.data.kind!r}; models that read {want}s: {', '.join(list_models(want))}")
+    return (PAGE_CHARSET, PageStem(cfg.stem)) if pages else (DEFAULT_CHARSET, LineStem(cfg.stem))
+
+
+class StorePages(Dataset):
+    """The pages of one split of page stores, through the page stem; a page's text is its lines joined
+    by the line break. With ``augment`` the stem's distortions draw from ``rng([seed, epoch, index])``."""
+
+    def __init__(self, stores: Sequence[Any], split: str, stem: LineStem, *, augment: bool = False,
+                 seed: int = 0, limit: int | None = None) -> None:
+        self.stores = list(stores)
+        self.stem, self.augment, self.seed = stem, augment, seed
+        self.items = [(s, int(i)) for s, store in enumerate(self.stores) if split in store.splits
+                      for i in store.indices(split)][:limit]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def text(self, i: int) -> str:
+        s, j = self.items[i]
+        return self.stores[s].text(j)
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.text(i) for i in range(len(self))]
+
+    def lengths(self, epoch: int = 0) -> np.ndarray:
+        """Widths after fitting into the stem's height and width budget (before the ink crop)."""
+        width_of = self.stem.width_of  # type: ignore[attr-defined]  # a PageStem
+        return np.array([width_of(int(self.stores[s].heights[j]), int(self.stores[s].widths[j]))
+                         for s, j in self.items], dtype=np.float64)
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, str]:
+        epoch, i = _split_key(key)
+        s, j = self.items[i]
+        rng = np.random.default_rng([self.seed, epoch, i]) if self.augment else None
+        return self.stem(self.stores[s].image(j), rng=rng, augment=self.augment), self.stores[s].text(j)
+
+
+def page_pool_path(cfg: Any, out_dir: Path) -> Path:
+    """Where the synthetic page pool for this data config lives; the name hashes what decides its content."""
+    from dataclasses import asdict
+
+    from textrec.data.fonts import discover_fonts
+    from textrec.data.pages import PageConfig
+    from textrec.data.synth import SynthConfig
+
+    d = cfg.data
+    fonts = [f.name for f in discover_fonts([Path(p) for p in d.fonts_dirs])]
+    key = json.dumps({"kind": "pages", "n": d.pages, "seed": d.seed, "fonts": fonts, "corpus": d.corpus,
+                      "synth": SynthConfig.from_mapping(d.synth).recipe(),
+                      "page": asdict(PageConfig.from_mapping(d.page))}, sort_keys=True, default=str)
+    return _cache_dir(cfg, out_dir) / f"pages-{hashlib.sha256(key.encode()).hexdigest()[:16]}.h5"
+
+
+def _render_page_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
+    from textrec.data.pages import PageConfig, synthesize_pages
+    from textrec.data.synth import SynthConfig
+
+    if path.is_file():
+        log(f"using the synthetic page pool {path}")
+        return
+    d = cfg.data
+    log(f"rendering a pool of {d.pages} synthetic pages into {path}")
+    synthesize_pages(d.pages, path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
+                     workers=d.synth_workers or None, corpus=Path(d.corpus) if d.corpus else None,
+                     config=SynthConfig.from_mapping(d.synth), page_config=PageConfig.from_mapping(d.page),
+                     progress=cfg.loop.progress)
+
+
+def build_page_data(cfg: Any, out_dir: Path, stem: LineStem, env: Any,
+                    log: Callable[[str], None] = print) -> TrainData:
+    """Page datasets: the train split (augmented), and val, test and test_unseen_font as evaluation
+    sets (capped by ``data.val_lines``, ``test_lines``, ``unseen_font_lines``), from the page stores
+    in ``data.stores`` or, with ``data.mode=pool``, from a rendered pool of ``data.pages`` pages."""
+    from textrec.data.pages import PageStore
+
+    d = cfg.data
+    if d.mode == "pool":
+        path = page_pool_path(cfg, out_dir)
+        _once_per_node(env, lambda: _render_page_pool(cfg, path, log))
+        paths = [path]
+    else:
+        cache = _cache_dir(cfg, out_dir)
+        _once_per_node(env, lambda: _local_stores(d.stores, cache))
+        paths = _local_stores(d.stores, cache)
+    stores = [PageStore(p) for p in paths]
+    train = StorePages(stores, "train", stem, augment=True, seed=d.seed)
+    limits = {"val": d.val_lines, "test": d.test_lines, "test_unseen_font": d.unseen_font_lines}
+    evals = {s: StorePages(stores, s, stem, limit=n or None) for s, n in limits.items()}
+    data = TrainData(train, {k: v for k, v in evals.items() if len(v)}, lambda: train.texts,
+                     f"{len(train)} training pages from {', '.join(str(p) for p in paths)}")
+    where = f"data.kind=pages, data.mode={d.mode}, stores={[str(p) for p in paths]}"
+    if len(train) == 0:
+        raise ValueError(f"no training pages ({where})")
+    if "val" not in data.evals:
+        raise ValueError(f"no validation pages ({where}); a 'val' split is needed")
+    return data

@@ -81,6 +81,30 @@ def train_config(config: str | Mapping[str, Any], stores: Sequence[str], *, epoc
         raise ValueError(f"training config: {e}") from e
 
 
+def data_kind(config: str | Mapping[str, Any], *, overrides: Sequence[str] = ()) -> str:
+    """``data.kind`` of a training config (YAML text or its dict) after ``overrides``: ``lines``, or
+    ``pages`` for a paragraph model, which trains on the dataset's page store."""
+    return str(_data_section(config, overrides).kind)
+
+
+def page_layout(config: str | Mapping[str, Any], *, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """``data.page`` of a training config after ``overrides``: the page layout the pipeline's pages are
+    rendered with (empty: the page renderer's defaults)."""
+    return dict(_data_section(config, overrides).page)
+
+
+def _data_section(config: str | Mapping[str, Any], overrides: Sequence[str]) -> Any:
+    import yaml
+
+    parsed = yaml.safe_load(config) if isinstance(config, str) else config
+    if parsed is not None and not isinstance(parsed, Mapping):
+        raise ValueError(f"training config: expected a YAML mapping of sections, got {type(parsed).__name__}")
+    try:
+        return load_config(to_dict(dict(parsed or {})), list(overrides)).data
+    except ConfigError as e:
+        raise ValueError(f"training config: {e}") from e
+
+
 def synth_recipe(config: str | Mapping[str, Any], *, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The ``data.synth`` settings of a training config (YAML text or its dict) after ``overrides``:
     what the pipeline's synthesize step renders with, so its lines are the ones the recipe asks for."""

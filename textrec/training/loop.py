@@ -36,13 +36,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from textrec import config as configlib
 from textrec.artifact import save_artifact
-from textrec.charset import DEFAULT_CHARSET
 from textrec.decoding import CharNgramLM, DecoderSpec
 from textrec.io import write_json, write_yaml
 from textrec.metrics import edit_counts
 from textrec.models.registry import LineModel
 from textrec.rundir import RunDir
-from textrec.stem import LineStem
 from textrec.training import distributed
 from textrec.training.callbacks import BestCheckpoint, Callback, EarlyStopping, ProgressBar, TimeBudget
 from textrec.training.checkpoint import (
@@ -62,6 +60,7 @@ from textrec.training.data import (
     LineSet,
     TrainData,
     build_data,
+    charset_and_stem,
     eval_batches,
 )
 
@@ -131,8 +130,7 @@ class Trainer:
         if cfg.loop.threads > 0:
             torch.set_num_threads(cfg.loop.threads)
         self.amp = self.device.type == "cuda" and cfg.loop.amp in ("auto", "bf16")
-        self.charset = DEFAULT_CHARSET
-        self.stem = LineStem(cfg.stem)
+        self.charset, self.stem = charset_and_stem(cfg)  # lines, or pages (data.kind) with a line break
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.data: TrainData = build_data(cfg, self.out_dir, self.charset, self.stem, self.env, log=self.log)
@@ -280,6 +278,8 @@ class Trainer:
         self.history = list(state["history"])
         self._elapsed_before = self._time_used = float(state["elapsed"])
         self._t0 = time.perf_counter()
+        if state.get("config", {}).get("optim", {}) != configlib.to_dict(self.config.optim):
+            self._take_optim_config()
         for cb in self.callbacks:
             if type(cb).__name__ in state["callbacks"]:
                 cb.load_state_dict(state["callbacks"][type(cb).__name__])
@@ -290,6 +290,20 @@ class Trainer:
             self.log(f"resuming {state['world_size']} ranks as {self.world_size}: generators reseeded")
             seed_everything(self.config.loop.seed + 7919 * (self.rank + 1) + self.step)
         self.log(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step}")
+
+    def _take_optim_config(self) -> None:
+        """A checkpoint resumed under other ``optim`` settings (population-based training perturbs them)
+        trains on with the config's learning rate and weight decay from the next step: the optimiser and
+        schedule states restored from the checkpoint would otherwise keep the old ones. The schedule's
+        position is kept; schedule, warmup and grad_clip are read from the config at each step anyway."""
+        o = self.config.optim
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["weight_decay"] = o.lr, o.weight_decay
+        self.scheduler.base_lrs = [o.lr for _ in self.optimizer.param_groups]
+        step = self.scheduler.last_epoch
+        for group, fn in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+            group["lr"] = o.lr * fn(step)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     # --- training -------------------------------------------------------------------------------------
 
