@@ -279,3 +279,31 @@ def test_the_torchserve_page_handler_answers_with_the_paragraph_model(smoke_run:
     assert ctx.statuses == {}
     assert answer["text"] == Recognizer.load(smoke_run).recognise_page(png).text
     assert answer["text"] == "\n".join(line["text"] for line in answer["lines"])
+
+
+def _greedy_without_cache(model, memory, pad, limit):
+    """Greedy decoding the plain way: the whole prefix through the decoder at every step."""
+    tokens = torch.full((memory.shape[0], 1), model.start, dtype=torch.long)
+    for _ in range(limit):
+        nxt = model._step_logp(tokens, memory, pad).argmax(dim=-1)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+    return tokens[:, 1:]
+
+
+@pytest.mark.parametrize("name", ["paragraph_transformer", "resnet_transformer"])
+def test_cached_greedy_decoding_writes_what_the_full_prefix_decoder_writes(batch, name):
+    torch.manual_seed(3)
+    options = {**TINY, "layers": 2, "max_length": 60}
+    model = create_model(name, num_classes=PAGE_CHARSET.num_classes, height=STEM.height, **options).eval()
+    with torch.no_grad():
+        memory, pad = model.encode(batch.images, batch.widths)
+        limits = torch.full((memory.shape[0],), 60)
+        cached = model._greedy(memory, pad, limits)
+        plain = _greedy_without_cache(model, memory, pad, 60)
+    for row, (tokens, probs) in enumerate(cached):
+        expected = []
+        for t in plain[row].tolist():
+            if t in (model.end, model.pad):
+                break
+            expected.append(t)
+        assert tokens == expected and len(tokens) > 5 and len(probs) == len(tokens)  # untrained: runs long

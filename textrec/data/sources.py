@@ -77,7 +77,7 @@ def synthesize_dataset(n_lines: int, source_dir: str | os.PathLike, out_dir: str
         from textrec.data.pages import PageConfig, PageStore, synthesize_pages
 
         synthesize_pages(n_pages, out / PAGES_FILE, seed=seed, config=SynthConfig.from_mapping(synth or {}),
-                         page_config=PageConfig.from_mapping(page or {}), progress=False)
+                         page_config=PageConfig.from_mapping(dict(page or {})), progress=False)
         info = PageStore(out / PAGES_FILE).info()
         described["pages"] = {k: info[k] for k in ("n", "splits", "lines", "content_hash")}
     return described

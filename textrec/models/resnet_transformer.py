@@ -182,22 +182,74 @@ class ResnetTransformer(LineModel):
         banned: torch.Tensor = self.banned  # type: ignore[assignment]  # a registered buffer
         return F.log_softmax(logits.masked_fill(banned, float("-inf")), dim=-1)
 
+    def _memory_keys(self, memory: torch.Tensor, pad: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per decoder layer, its cross-attention's keys and values of ``memory`` (B, heads, S, d/heads)
+        and the mask of real positions: projected once per decoding, not once per step."""
+        out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        heads = self.config.heads
+        keep = ~pad[:, None, None, :]  # (B, 1, 1, S): True where attention may look
+        for layer in self.decoder.layers:
+            attn = layer.multihead_attn
+            d = attn.embed_dim
+            w, bias = attn.in_proj_weight, attn.in_proj_bias
+            k = F.linear(memory, w[d:2 * d], bias[d:2 * d])
+            v = F.linear(memory, w[2 * d:], bias[2 * d:])
+            b, n, _ = memory.shape
+            out.append((k.view(b, n, heads, d // heads).transpose(1, 2),
+                        v.view(b, n, heads, d // heads).transpose(1, 2), keep))
+        return out
+
+    def _cached_step_logp(self, token: torch.Tensor, step: int, cache: list[torch.Tensor | None],
+                          memory_keys: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """What :meth:`_step_logp` gives for the last of the tokens so far, computing only that
+        position: ``cache`` holds, per decoder layer, the normed inputs of the earlier positions (the
+        keys and values its self-attention reads), and ``memory_keys`` the cross-attention's projected
+        memory (:meth:`_memory_keys`), so a step costs one position, not the whole prefix. Greedy
+        decoding is then linear in the text's length rather than quadratic (pages: hundreds of
+        characters). Eval mode only (dropout off), as decoding is."""
+        x = self.embed(token[:, None]) * math.sqrt(self.config.d_model) + sinusoid(
+            torch.tensor([step], device=token.device), self.config.d_model)
+        for i, layer in enumerate(self.decoder.layers):
+            q = layer.norm1(x)
+            keys = q if cache[i] is None else torch.cat([cache[i], q], dim=1)  # type: ignore[list-item]
+            cache[i] = keys
+            x = x + layer.self_attn(q, keys, keys, need_weights=False)[0]
+            x = x + self._cross_attend(layer.multihead_attn, layer.norm2(x), *memory_keys[i])
+            x = x + layer._ff_block(layer.norm3(x))
+        if self.decoder.norm is not None:
+            x = self.decoder.norm(x)
+        logits = self.head(self.norm(x))[:, -1]
+        banned: torch.Tensor = self.banned  # type: ignore[assignment]  # a registered buffer
+        return F.log_softmax(logits.masked_fill(banned, float("-inf")), dim=-1)
+
+    @staticmethod
+    def _cross_attend(attn: nn.MultiheadAttention, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      keep: torch.Tensor) -> torch.Tensor:
+        """``attn(x, memory, memory)`` with the memory's keys and values already projected."""
+        b, n, d = x.shape
+        heads = k.shape[1]
+        q = F.linear(x, attn.in_proj_weight[:d], attn.in_proj_bias[:d]).view(b, n, heads, d // heads).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        return attn.out_proj(out.transpose(1, 2).reshape(b, n, d))
+
     def _greedy(self, memory: torch.Tensor, pad: torch.Tensor,
                 limits: torch.Tensor) -> list[tuple[list[int], list[float]]]:
         b = memory.shape[0]
-        tokens = torch.full((b, 1), self.start, dtype=torch.long, device=memory.device)
+        token = torch.full((b,), self.start, dtype=torch.long, device=memory.device)
         done = torch.zeros(b, dtype=torch.bool, device=memory.device)
+        cache: list[torch.Tensor | None] = [None] * len(self.decoder.layers)
+        memory_keys = self._memory_keys(memory, pad)
         chosen, probs = [], []
         for step in range(int(limits.max())):
             done |= limits.to(memory.device) <= step
             if bool(done.all()):
                 break
-            logp, nxt = self._step_logp(tokens, memory, pad).max(dim=-1)
+            logp, nxt = self._cached_step_logp(token, step, cache, memory_keys).max(dim=-1)
             nxt = torch.where(done, torch.full_like(nxt, self.pad), nxt)
             chosen.append(nxt)
             probs.append(logp.exp())
             done |= nxt == self.end
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            token = nxt
         seqs = []
         for i in range(b):
             toks, ps = [], []
