@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from serving.capture import Capturer
 from serving.images import (  # noqa: F401 (DEFAULT_MAX_*: the archive's defaults, named here too)
     DEFAULT_FORMATS,
     DEFAULT_MAX_IMAGE_BYTES,
@@ -78,6 +79,9 @@ class TextrecHandler(BaseHandler):
         self.version = str(context.manifest["model"].get("modelVersion", ""))
         source = model_dir / SOURCE_FILE
         self.source = json.loads(source.read_text()) if source.exists() else {}
+        # Opt-in capture of unsure lines for review (serving.capture); off unless configured.
+        self.capture = Capturer.from_env(str(context.manifest["model"].get("modelName", "")), options.get("capture"))
+        self._payloads: dict[int, bytes] = {}
         self.initialized = True
         logger.info("textrec %s model %s version %s loaded from %s on %s", self.task,
                     context.manifest["model"].get("modelName"), self.version,
@@ -92,9 +96,12 @@ class TextrecHandler(BaseHandler):
         The stem is the Recognizer's, i.e. the artifact's: the preprocessing the model was trained
         with. Whatever goes wrong with one request is kept to that request."""
         out: list[Any] = []
+        self._payloads = {}
         for idx, row in enumerate(data):
             try:
-                image = self._decode(self._payload(row, idx))
+                payload = self._payload(row, idx)
+                image = self._decode(payload)
+                self._payloads[idx] = payload
                 out.append(self.recognizer.page_grey(image) if self.task == "page"
                            else self.recognizer.preprocess(image))
             except RequestError as e:
@@ -115,6 +122,8 @@ class TextrecHandler(BaseHandler):
             recs = self.recognizer.recognise_tensors([data[i] for i in good], batch_size=len(good))
             for i, rec in zip(good, recs, strict=True):
                 results[i] = rec
+                if i in self._payloads:
+                    self.capture.offer(self._payloads[i], rec, self.version)
         return results
 
     def postprocess(self, data: list[Any]) -> list[str]:

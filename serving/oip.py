@@ -50,6 +50,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.capture import Capturer
 from serving.config import ServeConfig
 from serving.images import (
     DEFAULT_FORMATS,
@@ -127,6 +128,7 @@ class OipModel:
     version: str
     config: OipConfig = field(default_factory=OipConfig)
     source: dict = field(default_factory=dict)
+    capture: Capturer | None = None  # opt-in capture of unsure lines for review (serving.capture)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()  # one forward pass at a time: requests share one model and its threads
@@ -155,6 +157,9 @@ class OipModel:
         tensors = [self._prepare(recognizer, i, data) for i, data in enumerate(images)]
         with self._lock:
             recs = recognizer.recognise_tensors(tensors, batch_size=len(tensors))
+        if self.capture is not None:
+            for image, rec in zip(images, recs, strict=True):
+                self.capture.offer(image, rec, version)
         values = {"text": [r.text for r in recs], "confidence": [round(float(r.confidence), 6) for r in recs]}
         answer: dict[str, Any] = {"model_name": self.name, "model_version": version,
                                   "outputs": [{"name": n, "datatype": OUTPUTS[n], "shape": [len(recs)],
@@ -429,7 +434,8 @@ def run(workdir: Path, token_file: Path | None = None) -> None:
     config: OipConfig = state["config"]
     torch.set_num_threads(config.threads)
     recognizer = Recognizer.load(state["model_path"], max_pixels=config.max_pixels)
-    model = OipModel(recognizer, config.model_name, str(state["version"]), config, state.get("source") or {})
+    model = OipModel(recognizer, config.model_name, str(state["version"]), config, state.get("source") or {},
+                     capture=Capturer.from_env(config.model_name))
     token = secrets.token_urlsafe(32)
     if token_file is not None:
         token = token_file.read_text().strip()
