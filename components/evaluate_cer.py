@@ -8,7 +8,8 @@ from components.image import COMPONENT_IMAGE
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def evaluate_cer(model: Input[Model], lines: Input[Dataset], real_val: str, pipeline_run_id: str, mlflow_uri: str,
-                 experiment: str, metrics: Output[Metrics], report: Output[HTML], task: str = "line"
+                 experiment: str, metrics: Output[Metrics], report: Output[HTML], task: str = "line",
+                 reviewed_store: str = ""
                  ) -> NamedTuple("Evaluation", [("cer", float), ("eval_set_hash", str), ("real_val_cer", float),
                                                 ("real_val_hash", str)]):
     """Character and word error rates on the fixed test split of every line store, and an HTML report
@@ -16,7 +17,9 @@ def evaluate_cer(model: Input[Model], lines: Input[Dataset], real_val: str, pipe
     real_val (a labelled real set: TSV, IAM lines folder or s3:// URI) that set is scored too:
     real_val_cer and real_val_hash (-1 and empty without one). task 'page' scores a page model: page CER
     and WER on the test split of the dataset's page store (pages.h5), the report drawing each page's
-    found lines, and real_val a page TSV (image<TAB>lines joined by a literal \\n)."""
+    found lines, and real_val a page TSV (image<TAB>lines joined by a literal \\n). reviewed_store (lines
+    reviewed in `textrec review`): its validation lines are the real set when real_val is empty, so the
+    gate compares champion and challenger on the user's own handwriting."""
     import shutil
     import tempfile
     from collections import namedtuple
@@ -27,6 +30,10 @@ def evaluate_cer(model: Input[Model], lines: Input[Dataset], real_val: str, pipe
     from textrec.tracking import StepTracking
 
     step = StepTracking(pipeline_run_id, mlflow_uri, experiment)
+    if reviewed_store and not real_val and task == "line":
+        from textrec.review.store import reviewed_inputs
+
+        real_val = reviewed_inputs(reviewed_store).real_val
     if task == "page":
         from pathlib import Path
 

@@ -8,7 +8,8 @@ from components.image import COMPONENT_IMAGE
 def train_model(lines: Input[Dataset], train_config: str, config_overrides: list, epochs: int,
                 gpus_per_node: int, nodes: int, gpu_node_selector: dict, checkpoint_root: str,
                 real_val: str, pipeline_run_id: str, mlflow_uri: str, experiment: str,
-                model: Output[Model], metrics: Output[Metrics]):
+                model: Output[Model], metrics: Output[Metrics], reviewed_store: str = "",
+                reviewed_weight: float = 0.0):
     """Train the line recognizer on the merged line stores (train_config: YAML text of a training
     config, config_overrides: 'loop.epochs=3'-style overrides): in this pod on the CPU or one GPU, with
     torchrun over gpus_per_node GPUs, or on several nodes as a TrainJob/PyTorchJob. Checkpoints go to
@@ -16,7 +17,10 @@ def train_model(lines: Input[Dataset], train_config: str, config_overrides: list
     labelled real set: TSV, IAM lines folder or s3:// URI; empty: none) is scored every epoch and picks the
     best checkpoint. A config with data.kind 'pages' (a paragraph model) trains on the dataset's page
     store (pages.h5: set the pipeline's synth_pages) instead; real_val then holds pages and is left to
-    evaluation."""
+    evaluation. reviewed_store (a folder or s3:// prefix written by `textrec review`): its validation
+    lines are the real validation set when real_val is empty, and with reviewed_weight > 0 its training
+    lines are mixed into training, each counting reviewed_weight times per epoch; the run records the
+    store (tag textrec.reviewed_store) and its line counts (reviewed_train_lines, reviewed_val_lines)."""
     from pathlib import Path
 
     from cluster.trainjob import launch_multi_node
@@ -34,11 +38,28 @@ def train_model(lines: Input[Dataset], train_config: str, config_overrides: list
         stores, real_val = (str(pages),), ""
     else:
         stores = tuple(str(p) for p in find_line_stores(lines.path))
+    extra_tags, extra_metrics = {}, {}
+    if reviewed_store:
+        import yaml
+
+        from textrec.review.store import reviewed_inputs
+
+        reviewed = reviewed_inputs(reviewed_store)
+        real_val = real_val or reviewed.real_val
+        extra_tags, extra_metrics = reviewed.tags(), reviewed.metrics()
+        if reviewed_weight > 0:
+            parsed = yaml.safe_load(train_config) or {}
+            data = parsed.setdefault("data", {})
+            data["optional_stores"] = [*data.get("optional_stores", []), reviewed.store]
+            data["optional_weight"] = reviewed_weight
+            train_config = yaml.safe_dump(parsed, sort_keys=False)
+            extra_metrics["reviewed_weight"] = reviewed_weight
     request = TrainRequest(
         stores=stores, store_uris=store_uris(lines.uri, stores), config=train_config,
         overrides=tuple(config_overrides), epochs=epochs, gpus_per_node=gpus_per_node, nodes=nodes,
         job_node_selector=gpu_node_selector, checkpoint_root=checkpoint_root, real_val=real_val,
-        step=StepTracking(pipeline_run_id, mlflow_uri, experiment))
+        step=StepTracking(pipeline_run_id, mlflow_uri, experiment), extra_tags=extra_tags,
+        extra_metrics=extra_metrics)
     result = train_from_request(request, model.path, multi_node=launch_multi_node)
     model.metadata.update({k: result[k] for k in ("dataset_hash", "mlflow_run_id", "checkpoints")})
     for name, value in numeric(result).items():

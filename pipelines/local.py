@@ -97,13 +97,15 @@ def run_pipeline(*, profile: str, data_source: str = "none", epochs: int = 0, ma
                  seed: int = 0, synth_lines: int = 0, overrides: tuple[str, ...] = (),
                  root: Path = ROOT, mlflow_uri: str | None = None, serving_target: str = "none",
                  model_name: str = "", real_val: str = "", task: str = "line",
-                 synth_pages: int = 0) -> dict[str, Any]:
+                 synth_pages: int = 0, reviewed_store: str = "", reviewed_weight: float = 0.0) -> dict[str, Any]:
     """Run the pipeline locally; returns (and writes to ``root/last-run.json``) its summary.
 
     ``real_val``: labelled real lines (a TSV, an IAM lines folder, or an s3:// URI of either) that
     training, evaluation and the promotion gate score; a local path is made absolute for the steps.
     ``task="page"``: a page model, scored by page CER on ``synth_pages`` synthetic pages (default
     ``PAGES_FOR_PAGE_TASK``) and registered as ``textrec-page`` (unless ``model_name`` says otherwise).
+    ``reviewed_store``: lines reviewed in ``textrec review``, the real validation set when ``real_val``
+    is empty and, with ``reviewed_weight`` > 0, part of training.
     """
     from kfp import local
 
@@ -126,7 +128,8 @@ def run_pipeline(*, profile: str, data_source: str = "none", epochs: int = 0, ma
         train_config=Path(prof.config).read_text(), config_overrides=list(overrides), epochs=epochs, gpus_per_node=0, nodes=1,
         checkpoint_root=str((root / "checkpoints").resolve()), promotion_margin=margin, mlflow_uri=uri,
         model_name=model_name, serving_target=serving_target, real_val=real_val, task=task,
-        synth_pages=synth_pages or (PAGES_FOR_PAGE_TASK if task == "page" else 0))
+        synth_pages=synth_pages or (PAGES_FOR_PAGE_TASK if task == "page" else 0),
+        reviewed_store=_reviewed_arg(reviewed_store), reviewed_weight=reviewed_weight)
     summary = summarise(run.outputs, uri, root, time.monotonic() - started, task=task)
     for folder in (root / "kfp", root / "checkpoints"):
         prune(folder, keep=KEEP_RUNS)
@@ -143,6 +146,18 @@ def _real_val_arg(real_val: str) -> str:
     if not path.exists():
         raise ValueError(f"--real-val {real_val}: no such file or folder (a TSV of image<TAB>text rows or an "
                          "IAM lines folder)")
+    return str(path)
+
+
+def _reviewed_arg(store: str) -> str:
+    """An s3:// prefix as it is; a local reviewed store as an absolute path, failing now if it is not one."""
+    from textrec import storage
+
+    if not store or storage.is_s3(store):
+        return store
+    path = Path(store).expanduser().resolve()
+    if not (path / "reviewed.h5").is_file():
+        raise ValueError(f"--reviewed-store {store}: no reviewed.h5 there (`textrec review --store` writes one)")
     return str(path)
 
 
@@ -238,6 +253,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--synth-pages", type=int, default=0,
                    help=f"synthetic pages to render (0: none for lines, {PAGES_FOR_PAGE_TASK} for --task page)")
     p.add_argument("--model-name", default="", help="registered model name (default: by --task)")
+    p.add_argument("--reviewed-store", default=os.environ.get("REVIEWED_STORE") or "",
+                   help="lines reviewed in `textrec review` (folder or s3:// prefix): the real validation set "
+                        "when --real-val is empty")
+    p.add_argument("--reviewed-weight", type=float, default=0.0,
+                   help="> 0: the reviewed training lines join training, each counting this many times per epoch")
     p.add_argument("--root", type=Path, default=ROOT)
     p.add_argument("--serve-only", action="store_true", help="start (or find) the MLflow server and exit")
     p.add_argument("--stop-server", action="store_true", help="stop the local MLflow server and exit")
@@ -266,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_pipeline(profile=a.profile, data_source=a.data_source, epochs=a.epochs, margin=a.margin,
                                seed=a.seed, synth_lines=a.synth_lines, overrides=tuple(a.overrides),
                                root=a.root, serving_target=a.serving_target, model_name=a.model_name,
-                               real_val=a.real_val, task=a.task, synth_pages=a.synth_pages)
+                               real_val=a.real_val, task=a.task, synth_pages=a.synth_pages,
+                               reviewed_store=a.reviewed_store, reviewed_weight=a.reviewed_weight)
     except (RuntimeError, ValueError, OSError) as e:
         print(f"textrec local pipeline failed: {e}", file=sys.stderr)
         return 1

@@ -117,6 +117,8 @@ def textrec_pipeline(
     gpu_node_selector: dict = GPU_NODE_SELECTOR,  # noqa: B006
     checkpoint_root: str = "",
     real_val: str = "",
+    reviewed_store: str = "",
+    reviewed_weight: float = 0.0,
     model_name: str = "",
     promotion_margin: float = 0.0,
     mlflow_uri: str = "http://mlflow:5000",
@@ -148,7 +150,10 @@ def textrec_pipeline(
     real_val labelled real lines (a TSV of image<TAB>text rows, an IAM lines folder, or an s3:// URI of
     either; for task 'page' a page TSV; empty: none) that training picks its best checkpoint by and that evaluation and the promotion
     gate score beside the synthetic test CER; promotion_margin how much lower the test CER (real_val CER
-    when the champion was scored on the same real set) must be to replace the champion; serving_* where a new
+    when the champion was scored on the same real set) must be to replace the champion; reviewed_store
+    lines reviewed in `textrec review` (a folder or s3:// prefix): its validation lines are the real set
+    when real_val is empty, and with reviewed_weight > 0 its training lines join training, each counting
+    that many times per epoch; serving_* where a new
     champion goes: the model store prefix its .mar is uploaded to and the Deployment that is rolled
     (serving_namespace empty = the pipeline's own namespace); serving_target 'cluster', 'local' (a
     TorchServe on the same machine) or 'none' (register only); data_*, train_*, eval_* and control_* the
@@ -171,7 +176,8 @@ def textrec_pipeline(
     train = train_model(lines=lines.outputs["lines"], train_config=train_config,
                         config_overrides=config_overrides, epochs=epochs, gpus_per_node=gpus_per_node,
                         nodes=nodes, gpu_node_selector=gpu_node_selector, checkpoint_root=checkpoint_root,
-                        real_val=real_val, pipeline_run_id=run_id, mlflow_uri=mlflow_uri, experiment=experiment)
+                        real_val=real_val, pipeline_run_id=run_id, mlflow_uri=mlflow_uri, experiment=experiment,
+                        reviewed_store=reviewed_store, reviewed_weight=reviewed_weight)
     _sized(train, train_cpu, train_cpu_limit, train_memory)
     train.set_caching_options(False).set_retry(TRAIN_RETRIES, backoff_duration="30s")
     train.set_accelerator_type(ACCELERATOR).set_accelerator_limit(plan.outputs["pod_gpus"])
@@ -183,7 +189,8 @@ def textrec_pipeline(
 
     evaluation = _sized(evaluate_cer(model=train.outputs["model"], lines=lines.outputs["lines"],
                                      real_val=real_val, pipeline_run_id=run_id, mlflow_uri=mlflow_uri,
-                                     experiment=experiment, task=task), *evaluating)
+                                     experiment=experiment, task=task, reviewed_store=reviewed_store),
+                    *evaluating)
     evaluation.set_caching_options(False)
     _s3_credentials(evaluation)  # real_val may be on S3
 

@@ -30,7 +30,9 @@ class DataConfig:
     trains on it for several epochs with on-the-fly augmentation; ``online`` renders every training line
     afresh in the DataLoader workers (line i of epoch e is a pure function of seed, e and i).
     Validation and test lines are always a fixed synthetic store (``pool``/``online``) or the stores'
-    own splits (``store``). ``optional_stores`` are added when they exist (IAM, say) and skipped otherwise.
+    own splits (``store``). ``optional_stores`` are added when they exist (IAM, say, or lines reviewed in
+    ``textrec review``) and skipped otherwise; ``optional_weight`` is how many times each of their training
+    lines counts per epoch (0.5: a fresh half of them each epoch; 3: each three times, augmented anew).
     ``real_val`` names a labelled set of real lines (a TSV of ``image<TAB>text`` rows, an IAM lines folder,
     or an s3:// URI of either; see :func:`textrec.evaluate.real_samples`): scored every epoch as
     ``real_val_cer``, it then picks the best checkpoint instead of the synthetic val CER.
@@ -46,6 +48,7 @@ class DataConfig:
     mode: str = "pool"
     stores: tuple[str, ...] = ()
     optional_stores: tuple[str, ...] = ()
+    optional_weight: float = 1.0
     train_lines: int = 20000
     val_lines: int = 500
     test_lines: int = 500
@@ -71,6 +74,8 @@ class DataConfig:
             raise ValueError("data.mode=store needs data.stores (paths or s3:// URIs of line stores)")
         if self.batch_size < 1 or self.bucket_batches < 1:
             raise ValueError("data.batch_size and data.bucket_batches must be at least 1")
+        if not 0 < self.optional_weight <= 100:
+            raise ValueError(f"data.optional_weight must be above 0 and at most 100, got {self.optional_weight}")
         if not isinstance(self.real_val, str) or (self.real_val and not self.real_val.strip()):
             raise ValueError(f"data.real_val must be a path or s3:// URI of a labelled set (or empty), "
                              f"got {self.real_val!r}")

@@ -413,7 +413,8 @@ def build_data(cfg: Any, out_dir: Path, charset: Charset, stem: LineStem, env: A
     if d.mode == "online":
         data = _online_data(cfg, stem)
         if extra:
-            data.train = _Concat([data.train, StoreLines(extra, "train", stem, augment=True, seed=d.seed)])
+            data.train = _Concat([data.train, _weighted(StoreLines(extra, "train", stem, augment=True, seed=d.seed),
+                                                        d.optional_weight, d.seed)])
     else:
         if d.mode == "pool":
             main = [LineStore(pool_path(cfg, out_dir))]
@@ -421,7 +422,8 @@ def build_data(cfg: Any, out_dir: Path, charset: Charset, stem: LineStem, env: A
         train: Any = StoreLines(main, "train", stem, augment=True, seed=d.seed,
                                 limit=d.train_lines if d.mode == "pool" else None)
         if extra:
-            train = _Concat([train, StoreLines(extra, "train", stem, augment=True, seed=d.seed)])
+            train = _Concat([train, _weighted(StoreLines(extra, "train", stem, augment=True, seed=d.seed),
+                                              d.optional_weight, d.seed)])
         evals = {s: StoreLines(main, s, stem, limit=n or None) for s, n in limits.items()}
         data = TrainData(train, {k: v for k, v in evals.items() if len(v)}, lambda: _texts(train),
                          f"{len(train)} training lines from {', '.join(str(s.path) for s in main + extra)}")
@@ -454,6 +456,8 @@ def _real_val(cfg: Any, cache: Path, charset: Charset, stem: LineStem, env: Any)
 
 
 def _texts(ds: Any) -> list[str]:
+    if isinstance(ds, _Weighted):
+        return _texts(ds.part)
     return [t for part in ds.parts for t in _texts(part)] if isinstance(ds, _Concat) else ds.texts
 
 
@@ -474,6 +478,50 @@ class _Concat(Dataset):
         epoch, i = _split_key(key)
         k = int(np.searchsorted(self.offsets, i, side="right")) - 1
         return self.parts[k][(epoch, i - int(self.offsets[k]))]
+
+
+def _weighted(part: Any, weight: float, seed: int) -> Any:
+    return part if weight == 1.0 or len(part) == 0 else _Weighted(part, weight, seed)
+
+
+class _Weighted(Dataset):
+    """A dataset whose items count ``weight`` times per epoch: ``round(n * weight)`` keys per epoch,
+    read in order from an endless run of permutations of the n items (one permutation per pass, drawn
+    from the seed and the pass's number). A weight below 1 thus sees the next part of the run each
+    epoch, every item once before any twice; a weight above 1 sees every item about ``weight`` times
+    per epoch, each pass augmented anew (the pass number is the augmentation's epoch)."""
+
+    def __init__(self, part: Any, weight: float, seed: int) -> None:
+        self.part, self.weight, self.seed = part, weight, seed
+        self.n = max(1, round(len(part) * weight))
+        self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each key of ``epoch``: its pass and the item it reads."""
+        if self._plan is None or self._plan[0] != epoch:
+            m = len(self.part)
+            pos = epoch * self.n + np.arange(self.n)
+            passes, within = pos // m, pos % m
+            perms = {int(c): np.random.default_rng([self.seed, 7_919, int(c)]).permutation(m)
+                     for c in np.unique(passes)}
+            items = np.array([perms[int(c)][w] for c, w in zip(passes, within, strict=True)], dtype=np.int64)
+            self._plan = (epoch, passes, items)
+        return self._plan[1], self._plan[2]
+
+    def lengths(self, epoch: int = 0) -> np.ndarray:
+        return self.part.lengths(epoch)[self.plan(epoch)[1]]
+
+    @property
+    def texts(self) -> list[str]:
+        return list(self.part.texts)
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, str]:
+        epoch, i = _split_key(key)
+        passes, items = self.plan(epoch)
+        return self.part[(int(passes[i]), int(items[i]))]
 
 
 def _online_data(cfg: Any, stem: LineStem) -> TrainData:

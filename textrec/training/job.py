@@ -47,6 +47,8 @@ class TrainRequest:
     job_node_selector: Mapping[str, str] = field(default_factory=dict)  # where a multi-node job's pods go
     job_env: Mapping[str, str] = field(default_factory=dict)
     real_val: str = ""  # labelled real lines scored every epoch (data.real_val); "": the config's own
+    extra_tags: Mapping[str, str] = field(default_factory=dict)  # on the training run (say, a reviewed store)
+    extra_metrics: Mapping[str, float] = field(default_factory=dict)  # likewise (how many reviewed lines)
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,11 @@ def train_from_request(req: TrainRequest, model_dir: str | os.PathLike, *,
     dataset_hash = describe_stores(req.stores)["content_hash"]
     uri = req.step.uri
     with tracking.step_run("train", req.step.pipeline_run_id, tracking_uri=uri, experiment=req.step.experiment,
-                           system_metrics=True, resume=True, tags={tracking.TAG_DATASET: dataset_hash}) as run_id:
-        tracking.set_lineage(run_id, {tracking.TAG_DATASET: dataset_hash}, tracking_uri=uri)
+                           system_metrics=True, resume=True,
+                           tags={tracking.TAG_DATASET: dataset_hash, **req.extra_tags}) as run_id:
+        tracking.set_lineage(run_id, {tracking.TAG_DATASET: dataset_hash, **req.extra_tags}, tracking_uri=uri)
+        if req.extra_metrics:
+            tracking.mlflow_client(uri).log_batch(run_id, metrics=_metrics_now(req.extra_metrics))
         with training_folder(ckpt) as out:
             if req.nodes > 1:
                 _train_multi_node(req, cfg, ckpt, run_id, out, multi_node)
@@ -189,6 +194,15 @@ def train_from_request(req: TrainRequest, model_dir: str | os.PathLike, *,
                 shutil.copyfile(path, Path(model_dir) / path.name)
     metrics = RunDir(model_dir).read_metrics()
     return {**metrics, "dataset_hash": dataset_hash, "mlflow_run_id": run_id, "checkpoints": ckpt}
+
+
+def _metrics_now(values: Mapping[str, float]) -> list[Any]:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0) for k, v in values.items()]
 
 
 def _train_torchrun(req: TrainRequest, cfg: TrainConfig, ckpt: str, run_id: str, out: Path) -> None:
