@@ -41,10 +41,10 @@ test: install browser
 
 # Debian's chromium, for the tests that look at web pages in a real headless browser (they skip without it).
 browser:
-	@if command -v chromium >/dev/null; then exit 0; fi; \
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  echo "installing chromium for the browser tests"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
 	    || echo "warning: chromium not installed; the browser tests will be skipped"; \
 	else echo "note: no apt-get as root; the browser tests will be skipped"; fi
 
@@ -140,3 +140,36 @@ TRAIN_ARGS ?=
 
 train: install
 	$(BIN)/textrec train --config configs/$(PROFILE).yaml --out .textrec/runs/$(PROFILE) --resume auto $(TRAIN_ARGS)
+
+# Population-based training of a recipe (see docs/pbt.md): PBT=sweeps/pbt.yaml (or sweeps/pbt-smoke.yaml);
+# PBT_ARGS adds options, e.g. --population 6 --mlflow-uri http://127.0.0.1:5000.
+PBT ?= sweeps/pbt.yaml
+PBT_ARGS ?=
+.PHONY: pbt
+
+pbt: install
+	$(BIN)/textrec pbt --config $(PBT) $(PBT_ARGS)
+
+# Hyperparameter sweeps (see docs/sweeps.md): SWEEP's Optuna study on this machine, resumable (run it
+# again to continue); SWEEP_ARGS adds options, e.g. --workers 2 --trials 12. sweep-run submits the same
+# sweep as a Katib Experiment (KATIB_ARGS=--dry-run prints the manifest instead).
+SWEEP ?= sweeps/cpu.yaml
+SWEEP_ARGS ?=
+KATIB_ARGS ?=
+.PHONY: sweep sweep-run
+
+sweep: install
+	$(BIN)/textrec sweep --config $(SWEEP) $(SWEEP_ARGS)
+
+sweep-run: $(STAMP)
+	$(BIN)/python -m cluster.katib --config $(SWEEP) $(KATIB_ARGS)
+
+# Review captured lines in a browser (see docs/review.md): QUEUE (a folder or s3:// prefix the serving
+# runtimes capture into) into REVIEWED, on 127.0.0.1:8095; REVIEW_ARGS adds options, e.g. --source batch-7.
+QUEUE ?= .textrec/capture
+REVIEWED ?= .textrec/reviewed
+REVIEW_ARGS ?=
+.PHONY: review
+
+review: $(STAMP)
+	$(BIN)/textrec review --queue "$(QUEUE)" --store "$(REVIEWED)" $(REVIEW_ARGS)

@@ -315,3 +315,17 @@ def test_a_deploy_with_no_local_server_names_both_runtimes(tmp_path: Path) -> No
         deploy_model(str(make_model_pt(tmp_path / "model.pt")), version="1", workdir=tmp_path / "serve")
     with pytest.raises(ServeError, match="no OIP server from"):
         deploy_model(str(tmp_path / "model.pt"), version="1", workdir=tmp_path / "serve", runtime="kserve")
+
+
+def test_textrec_predict_speaks_v2_to_the_oip_server(served: Served, tmp_path: Path, capsys) -> None:
+    from textrec.cli import main
+
+    image = tmp_path / "line.png"
+    image.write_bytes(line_png(5))
+    args = ["predict", "--endpoint", served.server.url, "--protocol", "v2", "--token-file", str(served.server.key_file)]
+    assert main([*args, "--json", str(image)]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    expected = Recognizer.load(served.model_pt).recognise([line_png(5)])[0]
+    assert answer["text"] == expected.text and answer["version"] == VERSION
+    assert main([*args, "--page", str(image)]) == 1  # the OIP server reads no pages: said, not sent
+    assert "no page model" in capsys.readouterr().err

@@ -169,9 +169,16 @@ def _predict_endpoint(a: argparse.Namespace) -> None:
     from textrec.client import Endpoint
 
     name = PAGE_MODEL_NAME if a.page and a.model_name == MODEL_NAME else a.model_name
-    with Endpoint(a.endpoint, _endpoint_token(a.token_file), retries=a.retries) as endpoint:
+    if a.protocol == "v2" and a.page:
+        raise ValueError("--protocol v2 reads lines: the OIP server has no page model (use TorchServe's)")
+    token_file = a.token_file
+    if token_file is None and a.protocol == "v2":
+        token_file = Path(".textrec/serve/oip/key_file.json") if Path(".textrec/serve/oip/key_file.json").is_file() \
+            else None
+    with Endpoint(a.endpoint, _endpoint_token(token_file), retries=a.retries) as endpoint:
+        send = endpoint.predict_v2 if a.protocol == "v2" else endpoint.predict
         for image in a.images:
-            answer = endpoint.predict(image.read_bytes(), name, name=str(image))
+            answer = send(image.read_bytes(), name, name=str(image))
             if a.page:
                 _print_page(image, answer, a.json, len(a.images) > 1)
             elif a.json:
@@ -265,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--token-file", type=Path, default=None,
                     help="with --endpoint: key_file.json or a token file (default: TEXTREC_TOKEN, "
                          "else .textrec/serve/key_file.json)")
+    pr.add_argument("--protocol", choices=("torchserve", "v2"), default="torchserve",
+                    help="with --endpoint: TorchServe's /predictions (default), or v2: the Open Inference "
+                         "Protocol (make serve RUNTIME=kserve, KServe; its key: .textrec/serve/oip/key_file.json)")
     pr.add_argument("--retries", type=int, default=5,
                     help="with --endpoint: tries again after a 5xx or a lost connection, with backoff (default 5)")
     pr.add_argument("--model-name", default=MODEL_NAME, help=f"with --endpoint: the served model (with --page: {PAGE_MODEL_NAME})")
@@ -275,6 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one JSON object per image (with --page: its text and each line's box, text, confidence)")
     pr.add_argument("--batch-size", type=int, default=16)
     pr.set_defaults(func=_predict)
+
+    from textrec.sweep.cli import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub)
+
+    from textrec.review.cli import add_parser as add_review_parser
+
+    add_review_parser(sub)
+
+    from textrec.sweep.pbt import add_parser as add_pbt_parser
+
+    add_pbt_parser(sub)
     return p
 
 
