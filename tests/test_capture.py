@@ -215,3 +215,44 @@ def test_torchserve_captures_an_unsure_line_and_answers_when_the_queue_is_unwrit
         server.stop()
     logs = "".join(p.read_text(errors="replace") for p in server.log_dir.glob("*.log"))
     assert "capture: could not write item" in logs
+
+
+def test_torchserve_workers_capture_to_s3_with_the_queues_own_keys(tmp_path: Path, s3: S3Server,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # TorchServe hides every AWS_* variable from its workers; the queue's own endpoint and keys file
+    # (what the serving chart mounts from a Secret) are what let a capturing worker reach S3.
+    if shutil.which("java") is None:
+        pytest.skip("TorchServe needs Java 17 (java on PATH)")
+    uri = s3.uri(f"review/ts-{uuid.uuid4().hex[:8]}")
+    capture_env(monkeypatch, uri)
+    keys = tmp_path / "queue-keys"
+    keys.write_text(f"[default]\naws_access_key_id = {s3.access_key}\naws_secret_access_key = {s3.secret_key}\n")
+    monkeypatch.setenv("TEXTREC_QUEUE_S3_ENDPOINT", s3.endpoint_url)
+    monkeypatch.setenv("TEXTREC_QUEUE_S3_KEYS_FILE", str(keys))
+    cfg = ServeConfig(model_store=tmp_path / "store", inference_port=free_port(), management_port=free_port(),
+                      metrics_port=free_port(), grpc_inference_port=free_port(), grpc_management_port=free_port())
+    mar = archive_model(make_model_pt(tmp_path / "model.pt"), cfg.model_store, version="5",
+                        options=ArchiveOptions(batch_size=1, max_batch_delay_ms=5))
+    server = TorchServeProcess(cfg, tmp_path / "work")
+    server.start({MODEL_NAME: mar.name})
+    try:
+        server.wait_ready()
+        image = line_png(21)
+        r = requests.post(f"{cfg.inference_url}/predictions/{MODEL_NAME}", data=image, timeout=60,
+                          headers={"Authorization": f"Bearer {server.token()}", "Content-Type": "image/png"})
+        assert r.status_code == 200, r.text
+        q = CaptureQueue(uri)
+        wait_items(q, 2)  # wait_ready's own probe line is captured too
+        assert any(item_image(q.get(e.id)) == image and q.get(e.id)["model_version"] == "5" for e in q.entries())
+    finally:
+        server.stop()
+
+
+def test_a_queue_keys_file_without_keys_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from textrec.review.queue import QueueError, queue_s3_client
+
+    bad = tmp_path / "keys"
+    bad.write_text("[default]\naws_access_key_id = only-half\n")
+    monkeypatch.setenv("TEXTREC_QUEUE_S3_KEYS_FILE", str(bad))
+    with pytest.raises(QueueError, match="TEXTREC_QUEUE_S3_KEYS_FILE=.*aws_secret_access_key"):
+        queue_s3_client()

@@ -320,3 +320,34 @@ def test_the_serving_image_runs_both_runtimes_without_what_it_leaves_out() -> No
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0 and "imported" in out.stdout, out.stderr[-3000:]
     assert "mlflow" in blocked and "kubernetes" in blocked  # the check blocks what the image lacks
+
+
+@pytest.mark.parametrize("runtime", ["torchserve", "kserve"])
+def test_capture_values_reach_the_server_and_its_queue_keys_are_mounted(charts: Path, runtime: str) -> None:  # noqa: F811
+    from serving.capture import CaptureConfig
+
+    values = {"runtime": runtime, "model": {"uri": "s3://m/model.pt" if runtime == "kserve" else "s3://m/m.mar"},
+              "capture": {"uri": "s3://review/prod", "threshold": 0.7, "sampleRate": 0.02,
+                          "s3": {"endpoint": "http://minio:9000", "existingSecret": "queue-keys"}}}
+    docs = render(charts, CHART, values)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    server = server_of(docs)
+    env = {n: e["value"] for n, e in env_of(server).items() if "value" in e}
+    cfg = CaptureConfig.from_env(env)  # what the server reads back from the rendered variables
+    release = one(docs, "Deployment")["metadata"]["name"]  # the source tag defaults to the release's name
+    assert (cfg.uri, cfg.threshold, cfg.sample_rate, cfg.deployment) == ("s3://review/prod", 0.7, 0.02, release)
+    # Names TorchServe passes on to its workers (its filter hides AWS_* and anything like a secret).
+    import re
+
+    from serving.config import SECRET_ENV
+    queue = {n: v for n, v in env.items() if n.startswith("TEXTREC_QUEUE_")}
+    assert queue == {"TEXTREC_QUEUE_S3_ENDPOINT": "http://minio:9000", "TEXTREC_QUEUE_S3_REGION": "us-east-1",
+                     "TEXTREC_QUEUE_S3_KEYS_FILE": "/etc/textrec/queue/keys"}
+    assert not [n for n in [*queue, *(n for n in env if n.startswith("TEXTREC_CAPTURE_"))] if re.fullmatch(SECRET_ENV, n)]
+    assert {"name": "queue-keys", "mountPath": "/etc/textrec/queue", "readOnly": True} in server["volumeMounts"]
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    [volume] = [v for v in spec["volumes"] if v["name"] == "queue-keys"]
+    assert volume["secret"]["secretName"] == "queue-keys"
+    off = server_of(render(charts, CHART, {k: v for k, v in values.items() if k != "capture"}))
+    assert not [n for n in env_of(off) if n.startswith(("TEXTREC_CAPTURE_", "TEXTREC_QUEUE_"))]

@@ -94,6 +94,41 @@ def item_image(item: dict[str, Any]) -> bytes:
         raise QueueError(f"queue item {item.get('id')!r}: no readable image ({e})") from e
 
 
+QUEUE_S3_ENDPOINT_ENV = "TEXTREC_QUEUE_S3_ENDPOINT"
+QUEUE_S3_KEYS_ENV = "TEXTREC_QUEUE_S3_KEYS_FILE"
+
+
+def queue_s3_client() -> Any:
+    """The S3 client a queue uses: ``textrec.storage``'s (the ``AWS_*`` environment), unless
+    ``TEXTREC_QUEUE_S3_ENDPOINT`` / ``TEXTREC_QUEUE_S3_KEYS_FILE`` name the queue's own endpoint and
+    keys (a file in the AWS shared-credentials format, its ``[default]`` section: a mounted Secret).
+    TorchServe hides every ``AWS_*`` variable from its workers, which recognise images and need no
+    credentials; these two let a capturing worker reach its queue, and only its queue."""
+    import configparser
+
+    import boto3
+
+    endpoint = os.environ.get(QUEUE_S3_ENDPOINT_ENV)
+    keys_file = os.environ.get(QUEUE_S3_KEYS_ENV)
+    if not endpoint and not keys_file:
+        return storage.s3_client()
+    keys: dict[str, str] = {}
+    if keys_file:
+        parser = configparser.ConfigParser()
+        if not parser.read(keys_file) or "default" not in parser:
+            raise QueueError(f"{QUEUE_S3_KEYS_ENV}={keys_file}: no [default] section with "
+                             "aws_access_key_id and aws_secret_access_key")
+        section = parser["default"]
+        keys = {k: section[k] for k in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+                if section.get(k)}
+        if len(keys) < 2:
+            raise QueueError(f"{QUEUE_S3_KEYS_ENV}={keys_file}: [default] needs aws_access_key_id and "
+                             "aws_secret_access_key")
+    return boto3.session.Session(**keys).client(
+        "s3", endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+        region_name=os.environ.get("TEXTREC_QUEUE_S3_REGION") or os.environ.get("AWS_REGION") or "us-east-1")
+
+
 class CaptureQueue:
     """Read and write the items of one queue (a local folder or an ``s3://`` prefix)."""
 
@@ -194,7 +229,7 @@ class CaptureQueue:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return call(storage.s3_client())
+            return call(queue_s3_client())
         except (BotoCoreError, ClientError) as e:
             if passthrough is not None and isinstance(e, passthrough):
                 raise

@@ -81,6 +81,7 @@ exec:
     - {name: PROTOCOL, value: v2}
     - {name: OMP_NUM_THREADS, value: "1"}
     - {name: MKL_NUM_THREADS, value: "1"}
+    {{- include "textrec-serving.captureEnv" $ | nindent 4 }}
   securityContext:
     {{- include "textrec-serving.containerSecurityContext" $ | nindent 4 }}
   # serving.oip loads the model before it listens, so an open port means a loaded model: the startup
@@ -114,6 +115,7 @@ exec:
     {{- if $.Values.model.existingClaim }}
     - {name: models, mountPath: /mnt/models, readOnly: true}
     {{- end }}
+    {{- include "textrec-serving.captureMount" $ | nindent 4 }}
 {{- end }}
 
 {{- define "textrec-serving.oipVolumes" -}}
@@ -130,5 +132,48 @@ exec:
 {{- with .Values.model.existingClaim }}
 - name: models
   persistentVolumeClaim: {claimName: {{ . }}, readOnly: true}
+{{- end }}
+{{- include "textrec-serving.captureVolume" . }}
+{{- end }}
+
+{{/* Capture for the review queue (serving/capture.py, docs/review.md), the same for both runtimes:
+the TEXTREC_CAPTURE_* variables, and the queue's own S3 endpoint and keys file, which TorchServe's
+workers see (it hides every AWS_* variable from them). Nothing is rendered while capture.uri is empty. */}}
+{{- define "textrec-serving.captureEnv" -}}
+{{- with .Values.capture }}
+{{- if .uri }}
+- {name: TEXTREC_CAPTURE_URI, value: {{ .uri | quote }}}
+- {name: TEXTREC_CAPTURE_THRESHOLD, value: {{ .threshold | toString | quote }}}
+- {name: TEXTREC_CAPTURE_SAMPLE_RATE, value: {{ .sampleRate | toString | quote }}}
+- {name: TEXTREC_CAPTURE_MAX_ITEMS, value: {{ .maxItems | int64 | quote }}}
+- {name: TEXTREC_CAPTURE_RETENTION_DAYS, value: {{ .retentionDays | toString | quote }}}
+- {name: TEXTREC_CAPTURE_DEPLOYMENT, value: {{ .deployment | default (include "textrec-serving.fullname" $) | quote }}}
+{{- if hasPrefix "s3://" .uri }}
+{{- with .s3.endpoint }}
+- {name: TEXTREC_QUEUE_S3_ENDPOINT, value: {{ . | quote }}}
+{{- end }}
+- {name: TEXTREC_QUEUE_S3_REGION, value: {{ .s3.region | quote }}}
+{{- if .s3.existingSecret }}
+- {name: TEXTREC_QUEUE_S3_KEYS_FILE, value: /etc/textrec/queue/keys}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "textrec-serving.captureMount" -}}
+{{- if and .Values.capture.uri .Values.capture.s3.existingSecret }}
+- {name: queue-keys, mountPath: /etc/textrec/queue, readOnly: true}
+{{- end }}
+{{- end }}
+
+{{- define "textrec-serving.captureVolume" -}}
+{{- if and .Values.capture.uri .Values.capture.s3.existingSecret }}
+- name: queue-keys
+  secret:
+    secretName: {{ .Values.capture.s3.existingSecret }}
+    defaultMode: 0440
+    items:
+      - {key: {{ .Values.capture.s3.secretKey }}, path: keys}
 {{- end }}
 {{- end }}
