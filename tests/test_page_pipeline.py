@@ -99,3 +99,30 @@ def test_a_page_run_trains_the_paragraph_model_on_the_runs_pages(tmp_path, mlflo
     assert train.data.params["data.kind"] == "pages" and train.data.params["model.name"] == "paragraph_transformer"
     png, _ = page_png(seed=4)
     assert isinstance(reader.recognise_page(png).text, str)
+
+
+def test_the_page_evaluate_step_scores_the_test_pages_and_a_real_page_set(tmp_path, mlflow_server):
+    from PIL import Image
+
+    from textrec.data.pages import PageStore, synthesize_pages
+    from textrec.evaluate_pages import evaluate_page_split, page_set_hash
+    from textrec.tracking import StepTracking, mlflow_client
+
+    store = synthesize_pages(8, tmp_path / "pages.h5", workers=1, progress=False)
+    pages = PageStore(store)
+    rows = []
+    for i in range(2):  # a page TSV as users write one: image<TAB>lines joined by a literal \n
+        Image.fromarray(pages.image(i)).save(tmp_path / f"p{i}.png")
+        rows.append(f"p{i}.png\t" + pages.text(i).replace("\n", "\\n") + "\n")
+    (tmp_path / "pages.tsv").write_text("".join(rows))
+    run = f"page-eval-{uuid.uuid4().hex[:6]}"
+    result = evaluate_page_split(make_model_pt(tmp_path / "model.pt"), store, tmp_path / "out",
+                                 step=StepTracking(run, mlflow_server.url, "textrec-page-eval"),
+                                 real_val=str(tmp_path / "pages.tsv"))
+    assert result["eval_set_hash"] == page_set_hash(store) != page_set_hash(store, "val")
+    assert result["real_val_n"] == 2 and 0 <= result["real_val_cer"] and result["real_val_hash"]
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "real_val" / "report.html").is_file()
+    client = mlflow_client(mlflow_server.url)
+    [step] = [r for r in client.search_runs([client.get_experiment_by_name("textrec-page-eval").experiment_id])
+              if r.data.tags.get("textrec.step") == "evaluate"]
+    assert {"test_cer", "test_line_count_exact", "real_val_cer"} <= set(step.data.metrics)

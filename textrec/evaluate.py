@@ -426,6 +426,21 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike, worst: int = 20
     return path
 
 
+def log_real_val(report: Any, write: Any, out: Path, real_hash: str, scores: dict[str, Any],
+                 result: dict[str, Any]) -> None:
+    """An evaluate step's score on its labelled real set (lines or pages): ``write`` puts the report
+    under ``out/real_val`` (logged to the active run), ``scores`` gets the metrics, ``result`` also the
+    set's hash and the report's path."""
+    import mlflow
+
+    page = write(report, out / "real_val")
+    real = {"real_val_cer": report.cer, "real_val_wer": report.wer, "real_val_n": report.n}
+    scores.update(real)
+    for f in (page, out / "real_val" / "report.json"):
+        mlflow.log_artifact(str(f), artifact_path="real_val")
+    result.update(real, real_val_hash=real_hash, real_val_report=str(page))
+
+
 def evaluate_split(model_pt: str | os.PathLike, stores: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                    *, step: StepTracking | None = None, real_val: str = "") -> dict[str, Any]:
     """The pipeline's evaluate step: CER/WER on the fixed test split of ``stores``, an HTML report and a
@@ -461,13 +476,7 @@ def evaluate_split(model_pt: str | os.PathLike, stores: Sequence[str | os.PathLi
         result: dict[str, Any] = {"cer": report.cer, "wer": report.wer, "n": report.n,
                                   "eval_set_hash": eval_hash, "report": str(html_path)}
         if real:
-            real_report = evaluate(model_pt, real, source=real_val)
-            real_page = write_report(real_report, out / "real_val")
-            scores.update(real_val_cer=real_report.cer, real_val_wer=real_report.wer, real_val_n=real_report.n)
-            for f in (real_page, out / "real_val" / "report.json"):
-                mlflow.log_artifact(str(f), artifact_path="real_val")
-            result.update(real_val_cer=real_report.cer, real_val_wer=real_report.wer, real_val_n=real_report.n,
-                          real_val_hash=real_hash, real_val_report=str(real_page))
+            log_real_val(evaluate(model_pt, real, source=real_val), write_report, out, real_hash, scores, result)
         mlflow.log_metrics(scores)
         tracking.log_to_parent(run_id, scores, tracking_uri=step.uri)
     return result

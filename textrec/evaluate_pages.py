@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from textrec.evaluate import REPORT_STYLE, EvalDataError, tsv_rows
+from textrec.evaluate import REPORT_STYLE, EvalDataError, log_real_val, tsv_rows
 from textrec.io import atomic_write
 from textrec.metrics import cer as cer_score
 from textrec.metrics import line_cer
@@ -237,13 +237,8 @@ def evaluate_page_split(model_pt: str | os.PathLike, page_store: str | os.PathLi
         result: dict[str, Any] = {"cer": report.cer, "wer": report.wer, "n": report.n, "eval_set_hash": eval_hash,
                                   "report": str(html_path), "line_count_exact": s["line_count_exact"]}
         if real_val:
-            real_report = evaluate_pages(rec, iter(real), source=real_val)
-            real_page = write_page_report(real_report, out / "real_val")
-            scores.update(real_val_cer=real_report.cer, real_val_wer=real_report.wer, real_val_n=real_report.n)
-            for f in (real_page, out / "real_val" / "report.json"):
-                mlflow.log_artifact(str(f), artifact_path="real_val")
-            result.update(real_val_cer=real_report.cer, real_val_wer=real_report.wer, real_val_n=real_report.n,
-                          real_val_hash=real_hash, real_val_report=str(real_page))
+            log_real_val(evaluate_pages(rec, iter(real), source=real_val), write_page_report, out, real_hash,
+                         scores, result)
         mlflow.log_metrics(scores)
         tracking.log_to_parent(run_id, scores, tracking_uri=step.uri)
     return result

@@ -76,6 +76,14 @@ def image_bytes(value: Any, name: str) -> bytes:
     raise PyfuncInputError(f"{name}: expected PNG/JPEG bytes or base64 text, got {type(value).__name__}")
 
 
+def check_images(model_input: Any, what: str) -> None:
+    """A table with an ``image`` column, or PyfuncInputError saying what came instead."""
+    if not isinstance(model_input, pd.DataFrame) or IMAGE not in model_input.columns:
+        got = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
+        raise PyfuncInputError(f"expected a table with an {IMAGE!r} column of PNG/JPEG {what} bytes or base64, "
+                               f"got {got}")
+
+
 class LineReader(PythonModel):
     """Reads line images with the textrec ``model.pt`` held in the pyfunc's artifacts."""
 
@@ -86,10 +94,7 @@ class LineReader(PythonModel):
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
-        if not isinstance(model_input, pd.DataFrame) or IMAGE not in model_input.columns:
-            got = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
-            raise PyfuncInputError(f"expected a table with an {IMAGE!r} column of PNG/JPEG bytes or base64, "
-                                   f"got {got}")
+        check_images(model_input, "line")
         names = [f"{IMAGE} row {i}" for i in range(len(model_input))]
         tensors = [self.recognizer.preprocess(image_bytes(v, n), n)
                    for v, n in zip(model_input[IMAGE], names, strict=True)]
@@ -106,10 +111,7 @@ class PageReader(LineReader):
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         import json
 
-        if not isinstance(model_input, pd.DataFrame) or IMAGE not in model_input.columns:
-            got = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
-            raise PyfuncInputError(f"expected a table with an {IMAGE!r} column of PNG/JPEG page bytes or "
-                                   f"base64, got {got}")
+        check_images(model_input, "page")
         texts, lines = [], []
         for i, value in enumerate(model_input[IMAGE]):
             name = f"{IMAGE} row {i}"
