@@ -278,15 +278,19 @@ def deploy_step(model_uri: str, *, promoted: bool, target: str, model_store_uri:
         raise ValueError(f"deploy step: task must be 'line' or 'page', got {task!r}")
     if not promoted:
         return DeployResult(False, f"{model_uri} was not promoted: the served champion stays", target=target)
-    name = registered_name(model_uri) or (PAGE_MODEL_NAME if task == "page" else MODEL_NAME)
+    # The name it is served under (what clients ask for and the chart's model.name), not the registered
+    # name, which may be any (say textrec-line-eu).
+    from serving.archive import SERVED_NAMES
+
+    served = SERVED_NAMES[task]
     if target == "local":
         if task == "page":
             return deploy_model(model_uri, target="local", tasks=["page"], runtime="torchserve")
-        return deploy_model(model_uri, target="local", model_name=name,
+        return deploy_model(model_uri, target="local",
                             tasks=["line"] if registered_name(model_uri) and page_champion_exists() else None)
     from cluster.client import current_namespace
 
-    return deploy_model(model_uri, target="cluster", model_store_uri=model_store_uri, model_name=name,
+    return deploy_model(model_uri, target="cluster", model_store_uri=model_store_uri, model_name=served,
                         namespace=namespace or current_namespace(), deployment=deployment)
 
 

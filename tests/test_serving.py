@@ -359,7 +359,8 @@ def test_deploy_component_interface() -> None:
     from components import deploy_model as component
 
     spec = component.component_spec
-    assert set(spec.inputs) == {"model_uri", "promoted", "mlflow_uri", "model_store_uri", "deployment", "namespace", "target"}
+    assert set(spec.inputs) == {"model_uri", "promoted", "mlflow_uri", "model_store_uri", "deployment", "namespace", "target",
+                                "task"}
     assert set(spec.outputs) == {"changed", "version", "reason"}
     assert spec.inputs["target"].default == "cluster"
 
