@@ -292,25 +292,18 @@ class ResnetTransformer(LineModel):
 
 
 @dataclass(frozen=True)
-class ParagraphTransformerConfig:
+class ParagraphTransformerConfig(ResnetTransformerConfig):
     """``resnet_transformer``'s settings, plus the trunk's strides, and outputs as long as pages."""
 
-    channels: tuple[int, int, int, int] = (16, 48, 96, 128)
-    blocks: tuple[int, int, int] = (1, 1, 1)
     # (rows, columns) strides of the three residual stages, after the first conv's /2 both ways. The
     # default gives square 8 x 8 px memory cells: several rows per written line, even on a small page.
     row_strides: tuple[int, int, int] = (2, 2, 1)
     col_strides: tuple[int, int, int] = (2, 1, 2)
-    d_model: int = 128
-    heads: int = 4
-    layers: int = 3
-    ff: int = 384
-    dropout: float = 0.1
-    label_smoothing: float = 0.0
     max_length: int = 600  # characters (line breaks included) decoded at most per page
 
     def __post_init__(self) -> None:
-        for name in ("channels", "blocks", "row_strides", "col_strides"):
+        super().__post_init__()
+        for name in ("row_strides", "col_strides"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         if len(self.channels) != 4 or len(self.blocks) != 3 or min(self.blocks) < 1:
             raise ValueError(f"paragraph_transformer: channels need 4 sizes and blocks 3 counts >= 1, got "
@@ -319,9 +312,6 @@ class ParagraphTransformerConfig:
             if len(getattr(self, name)) != 3 or not set(getattr(self, name)) <= {1, 2}:
                 raise ValueError(f"paragraph_transformer: {name} must be 3 strides of 1 or 2, got "
                                  f"{getattr(self, name)}")
-        if self.d_model % 4 or self.d_model % self.heads:
-            raise ValueError(f"paragraph_transformer: d_model ({self.d_model}) must be divisible by 4 and by "
-                             f"heads ({self.heads})")
         if self.max_length < 1:
             raise ValueError(f"paragraph_transformer: max_length must be >= 1, got {self.max_length}")
 
@@ -373,7 +363,7 @@ class ParagraphTransformer(ResnetTransformer):
     task = "page"
 
     def __init__(self, config: ParagraphTransformerConfig, *, num_classes: int, height: int) -> None:
-        super().__init__(config, num_classes=num_classes, height=height)  # type: ignore[arg-type]
+        super().__init__(config, num_classes=num_classes, height=height)
         if num_classes == PAGE_CHARSET.num_classes:
             self.charset = PAGE_CHARSET
 
