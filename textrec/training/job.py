@@ -110,15 +110,7 @@ def _data_section(config: str | Mapping[str, Any], overrides: Sequence[str]) -> 
 def synth_recipe(config: str | Mapping[str, Any], *, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The ``data.synth`` settings of a training config (YAML text or its dict) after ``overrides``:
     what the pipeline's synthesize step renders with, so its lines are the ones the recipe asks for."""
-    import yaml
-
-    parsed = yaml.safe_load(config) if isinstance(config, str) else config
-    if parsed is not None and not isinstance(parsed, Mapping):
-        raise ValueError(f"training config: expected a YAML mapping of sections, got {type(parsed).__name__}")
-    try:
-        return dict(load_config(to_dict(dict(parsed or {})), list(overrides)).data.synth)
-    except ConfigError as e:
-        raise ValueError(f"training config: {e}") from e
+    return dict(_data_section(config, overrides).synth)
 
 
 def store_uris(artifact_uri: str, stores: Sequence[str]) -> tuple[str, ...]:
