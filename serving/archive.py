@@ -16,7 +16,6 @@ per call, and the page pixel limit.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from serving.handler import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_TASK, SOURCE_FILE, TASKS
+from textrec.data.download import sha256_of
 from textrec.recognizer import DEFAULT_MAX_PAGE_PIXELS
 from textrec.tracking import MODEL_NAME, PAGE_MODEL_NAME
 
@@ -102,12 +102,7 @@ class ArchiveOptions:
                 "handler": handler}
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = sha256_of  # the file's hex SHA-256 (textrec.data.download)
 
 
 def archive_name(model_name: str, version: str, archive_format: str = "default") -> str:

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from textrec.data.download import sha256_of
 from textrec.sweep.pbt import (
     STEP_MEMBER,
     TAG_BEST_MEMBER,
@@ -23,7 +24,6 @@ from textrec.sweep.pbt import (
     TAG_MEMBER,
     PbtSpecError,
     ancestry,
-    file_sha256,
     katib_experiment,
     load_spec,
     run_pbt,
@@ -66,7 +66,7 @@ def test_the_worst_quarter_copies_a_better_members_checkpoint(population):
     assert e["from_metric"] < e["metric"] == round1[e["member"]]["metric"]
     # What the loser resumed round 2 from is, byte for byte, the winner's checkpoint at copy time.
     loser, winner = _member_dir(out, e["member"]), _member_dir(out, e["from_member"])
-    assert file_sha256(loser / "round-1.pt") == e["checkpoint_sha256"] == file_sha256(winner / "round-1.pt")
+    assert sha256_of(loser / "round-1.pt") == e["checkpoint_sha256"] == sha256_of(winner / "round-1.pt")
     lw, ww = _weights(loser / "round-1.pt"), _weights(winner / "round-1.pt")
     assert lw.keys() == ww.keys() and all(torch.equal(lw[k], ww[k]) for k in lw)
     # ... and it did train round 2 from there: its history starts with the winner's first epoch.

@@ -30,7 +30,6 @@ best member's model (``model/model.pt``) on its run and on the parent.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -47,6 +46,7 @@ from typing import Any
 import yaml
 
 from textrec import config as configlib
+from textrec.data.download import sha256_of
 from textrec.io import atomic_open, write_json
 from textrec.rundir import RunDir
 
@@ -356,14 +356,6 @@ class PbtResult:
     final: dict[str, Any] = field(default_factory=dict)  # the best member's final metrics
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _copy_atomic(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(src, "rb") as fin, atomic_open(dest, "wb") as fout:
@@ -382,7 +374,7 @@ def exploit_and_explore(spec: PbtSpec, members: list[Member], round_: int, rng: 
         assert winner.metric is not None and loser.metric is not None
         if not spec.better(winner.metric, loser.metric):
             continue  # a tie: nothing better to copy
-        sha = file_sha256(winner.run.last)
+        sha = sha256_of(winner.run.last)
         _copy_atomic(winner.run.last, loser.run.last)
         if winner.run.best.is_file():
             _copy_atomic(winner.run.best, loser.run.best)
