@@ -183,18 +183,26 @@ def test_oip_server_captures_an_unsure_line_and_answers_when_the_queue_is_unwrit
     assert "capture: could not write item" in log and "failed so far: " in log
 
 
+def start_torchserve(tmp_path: Path, *, version: str) -> TorchServeProcess:
+    """A TorchServe on free 127.0.0.1 ports serving a tiny line model unbatched, capturing as the
+    environment says (set it first: the frontend passes it on to its workers)."""
+    cfg = ServeConfig(model_store=tmp_path / "store", inference_port=free_port(), management_port=free_port(),
+                      metrics_port=free_port(), grpc_inference_port=free_port(), grpc_management_port=free_port())
+    mar = archive_model(make_model_pt(tmp_path / "model.pt"), cfg.model_store, version=version,
+                        options=ArchiveOptions(batch_size=1, max_batch_delay_ms=5))
+    server = TorchServeProcess(cfg, tmp_path / "work")
+    server.start({MODEL_NAME: mar.name})
+    return server
+
+
 def test_torchserve_captures_an_unsure_line_and_answers_when_the_queue_is_unwritable(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if shutil.which("java") is None:
         pytest.skip("TorchServe needs Java 17 (java on PATH)")
     queue_dir = tmp_path / "queue"
     capture_env(monkeypatch, queue_dir)
-    cfg = ServeConfig(model_store=tmp_path / "store", inference_port=free_port(), management_port=free_port(),
-                      metrics_port=free_port(), grpc_inference_port=free_port(), grpc_management_port=free_port())
-    mar = archive_model(make_model_pt(tmp_path / "model.pt"), cfg.model_store, version="3",
-                        options=ArchiveOptions(batch_size=1, max_batch_delay_ms=5))
-    server = TorchServeProcess(cfg, tmp_path / "work")
-    server.start({MODEL_NAME: mar.name})
+    server = start_torchserve(tmp_path, version="3")
+    cfg = server.config
     url = f"{cfg.inference_url}/predictions/{MODEL_NAME}"
     try:
         server.wait_ready()
@@ -229,12 +237,8 @@ def test_torchserve_workers_capture_to_s3_with_the_queues_own_keys(tmp_path: Pat
     keys.write_text(f"[default]\naws_access_key_id = {s3.access_key}\naws_secret_access_key = {s3.secret_key}\n")
     monkeypatch.setenv("TEXTREC_QUEUE_S3_ENDPOINT", s3.endpoint_url)
     monkeypatch.setenv("TEXTREC_QUEUE_S3_KEYS_FILE", str(keys))
-    cfg = ServeConfig(model_store=tmp_path / "store", inference_port=free_port(), management_port=free_port(),
-                      metrics_port=free_port(), grpc_inference_port=free_port(), grpc_management_port=free_port())
-    mar = archive_model(make_model_pt(tmp_path / "model.pt"), cfg.model_store, version="5",
-                        options=ArchiveOptions(batch_size=1, max_batch_delay_ms=5))
-    server = TorchServeProcess(cfg, tmp_path / "work")
-    server.start({MODEL_NAME: mar.name})
+    server = start_torchserve(tmp_path, version="5")
+    cfg = server.config
     try:
         server.wait_ready()
         image = line_png(21)
