@@ -238,14 +238,9 @@ def serve(model: str | None = None, *, workdir: str | os.PathLike = DEFAULT_WORK
         return server
     options = options or ArchiveOptions(workers=cfg.workers_per_model)
     with tempfile.TemporaryDirectory(prefix="textrec-serve-") as tmp:
-        sources: dict[str, Any] = {}
-        for task, uri_or_path in models.items():
-            if uri_or_path == model and "line" in sources:
-                sources[task] = sources["line"]
-                continue
-            sources[task] = resolve_model(uri_or_path, Path(tmp) / task,
-                                          version=version if uri_or_path == model and version
-                                          else model_version(str(uri_or_path)))
+        line = resolve_model(model, Path(tmp) / "line", version=version or model_version(str(model)))
+        sources = {"line": line, "page": line if page_model == model else
+                   resolve_model(page_model, Path(tmp) / "page", version=model_version(str(page_model)))}
         mars = {name: build_archive(sources[task], cfg.model_store, model_name=name,
                                     options=options.for_task(task), overwrite=True).name
                 for task, name in SERVED_NAMES.items()}
