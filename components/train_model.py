@@ -21,45 +21,20 @@ def train_model(lines: Input[Dataset], train_config: str, config_overrides: list
     lines are the real validation set when real_val is empty, and with reviewed_weight > 0 its training
     lines are mixed into training, each counting reviewed_weight times per epoch; the run records the
     store (tag textrec.reviewed_store) and its line counts (reviewed_train_lines, reviewed_val_lines)."""
-    from pathlib import Path
-
     from cluster.trainjob import launch_multi_node
-    from textrec.data.sources import PAGES_FILE
-    from textrec.data.store import find_line_stores
     from textrec.metrics import numeric
     from textrec.tracking import StepTracking
-    from textrec.training.job import TrainRequest, data_kind, store_uris, train_from_request
+    from textrec.training.job import TrainRequest, pipeline_training_inputs, store_uris, train_from_request
 
-    if data_kind(train_config, overrides=[str(o) for o in config_overrides]) == "pages":
-        pages = Path(lines.path) / PAGES_FILE
-        if not pages.is_file():
-            raise ValueError(f"the training config has data.kind=pages but the dataset has no {PAGES_FILE}: "
-                             "set synth_pages > 0")
-        stores, real_val = (str(pages),), ""
-    else:
-        stores = tuple(str(p) for p in find_line_stores(lines.path))
-    extra_tags, extra_metrics = {}, {}
-    if reviewed_store:
-        import yaml
-
-        from textrec.review.store import reviewed_inputs
-
-        reviewed = reviewed_inputs(reviewed_store)
-        real_val = real_val or reviewed.real_val
-        extra_tags, extra_metrics = reviewed.tags(), reviewed.metrics()
-        if reviewed_weight > 0:
-            parsed = yaml.safe_load(train_config) or {}
-            data = parsed.setdefault("data", {})
-            data["optional_stores"] = [*data.get("optional_stores", []), reviewed.store]
-            data["optional_weight"] = reviewed_weight
-            train_config = yaml.safe_dump(parsed, sort_keys=False)
-            extra_metrics["reviewed_weight"] = reviewed_weight
+    inputs = pipeline_training_inputs(lines.path, train_config, [str(o) for o in config_overrides],
+                                      real_val=real_val, reviewed_store=reviewed_store,
+                                      reviewed_weight=reviewed_weight)
     request = TrainRequest(
-        stores=stores, store_uris=store_uris(lines.uri, stores), config=train_config,
+        stores=inputs.stores, store_uris=store_uris(lines.uri, inputs.stores), config=inputs.config,
         overrides=tuple(config_overrides), epochs=epochs, gpus_per_node=gpus_per_node, nodes=nodes,
-        job_node_selector=gpu_node_selector, checkpoint_root=checkpoint_root, real_val=real_val,
-        step=StepTracking(pipeline_run_id, mlflow_uri, experiment), extra_tags=extra_tags,
-        extra_metrics=extra_metrics)
+        job_node_selector=gpu_node_selector, checkpoint_root=checkpoint_root, real_val=inputs.real_val,
+        step=StepTracking(pipeline_run_id, mlflow_uri, experiment), extra_tags=inputs.tags,
+        extra_metrics=inputs.metrics)
     result = train_from_request(request, model.path, multi_node=launch_multi_node)
     model.metadata.update({k: result[k] for k in ("dataset_hash", "mlflow_run_id", "checkpoints")})
     for name, value in numeric(result).items():

@@ -113,6 +113,52 @@ def synth_recipe(config: str | Mapping[str, Any], *, overrides: Sequence[str] = 
     return dict(_data_section(config, overrides).synth)
 
 
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What the pipeline's train step trains on: stores, config text, real set, what the run records."""
+
+    stores: tuple[str, ...]
+    config: str
+    real_val: str
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def pipeline_training_inputs(dataset_dir: str | os.PathLike, config: str, overrides: Sequence[str], *,
+                             real_val: str = "", reviewed_store: str = "",
+                             reviewed_weight: float = 0.0) -> TrainingInputs:
+    """The stores of a pipeline dataset folder the config trains on: its page store for
+    ``data.kind: pages`` (whose ``real_val`` then holds pages and is left to evaluation), else its line
+    stores. A reviewed store (``textrec review``) gives the real set when ``real_val`` is empty and,
+    with ``reviewed_weight`` > 0, joins training as an optional store of that weight."""
+    import yaml
+
+    from textrec.data.sources import PAGES_FILE
+    from textrec.data.store import find_line_stores
+
+    if data_kind(config, overrides=overrides) == "pages":
+        pages = Path(dataset_dir) / PAGES_FILE
+        if not pages.is_file():
+            raise ValueError(f"the training config has data.kind=pages but the dataset has no {PAGES_FILE}: "
+                             "set synth_pages > 0")
+        return TrainingInputs((str(pages),), config, "")
+    stores = tuple(str(p) for p in find_line_stores(dataset_dir))
+    if not reviewed_store:
+        return TrainingInputs(stores, config, real_val)
+    from textrec.review.store import reviewed_inputs
+
+    reviewed = reviewed_inputs(reviewed_store)
+    metrics = reviewed.metrics()
+    if reviewed_weight > 0:
+        parsed = yaml.safe_load(config) or {}
+        data = parsed.setdefault("data", {})
+        data["optional_stores"] = [*data.get("optional_stores", []), reviewed.store]
+        data["optional_weight"] = reviewed_weight
+        config = yaml.safe_dump(parsed, sort_keys=False)
+        metrics["reviewed_weight"] = reviewed_weight
+    return TrainingInputs(stores, config, real_val or reviewed.real_val, reviewed.tags(), metrics)
+
+
 def store_uris(artifact_uri: str, stores: Sequence[str]) -> tuple[str, ...]:
     """Where other pods can read the stores of a dataset artifact: its object-store URI (KFP's MinIO
     ``minio://`` is S3 to boto3) joined with each store's name; local artifacts stay local paths."""
