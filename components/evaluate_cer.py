@@ -24,31 +24,23 @@ def evaluate_cer(model: Input[Model], lines: Input[Dataset], real_val: str, pipe
     import tempfile
     from collections import namedtuple
 
-    from textrec.data.store import find_line_stores
+    from textrec.data.sources import task_stores
     from textrec.evaluate import evaluate_split
+    from textrec.evaluate_pages import evaluate_page_split
     from textrec.rundir import RunDir
     from textrec.tracking import StepTracking
 
+    stores = task_stores(lines.path, task)
     step = StepTracking(pipeline_run_id, mlflow_uri, experiment)
     if reviewed_store and not real_val and task == "line":
         from textrec.review.store import reviewed_inputs
 
         real_val = reviewed_inputs(reviewed_store).real_val
     if task == "page":
-        from pathlib import Path
-
-        from textrec.data.sources import PAGES_FILE
-        from textrec.evaluate_pages import evaluate_page_split
-
-        pages = Path(lines.path) / PAGES_FILE
-        if not pages.is_file():
-            raise ValueError(f"task 'page': the dataset has no {PAGES_FILE}; set synth_pages > 0")
-        result = evaluate_page_split(RunDir(model.path).model, pages, tempfile.mkdtemp(), step=step, real_val=real_val)
-    elif task == "line":
-        result = evaluate_split(RunDir(model.path).model, find_line_stores(lines.path), tempfile.mkdtemp(), step=step,
-                                real_val=real_val)
+        result = evaluate_page_split(RunDir(model.path).model, stores[0], tempfile.mkdtemp(), step=step,
+                                     real_val=real_val)
     else:
-        raise ValueError(f"task must be 'line' or 'page', got {task!r}")
+        result = evaluate_split(RunDir(model.path).model, stores, tempfile.mkdtemp(), step=step, real_val=real_val)
     shutil.copyfile(result["report"], report.path)
     for name in ("cer", "wer", "n", "real_val_cer", "real_val_wer", "real_val_n"):
         if name in result:

@@ -20,17 +20,13 @@ def register_model(model: Input[Model], lines: Input[Dataset], test_cer: float, 
     for task 'page' textrec-page (a page model: its pyfunc reads pages, a re-scored champion is scored
     on the dataset's page store)."""
     from collections import namedtuple
-    from pathlib import Path
 
-    from textrec.data.sources import PAGES_FILE
-    from textrec.data.store import find_line_stores
+    from textrec.data.sources import task_stores
     from textrec.rundir import RunDir
     from textrec.tracking import MODEL_NAME, PAGE_MODEL_NAME, StepTracking, register_challenger
 
-    if task not in ("line", "page"):
-        raise ValueError(f"task must be 'line' or 'page', got {task!r}")
+    stores = task_stores(lines.path, task)
     model_name = model_name or (PAGE_MODEL_NAME if task == "page" else MODEL_NAME)
-    stores = [Path(lines.path) / PAGES_FILE] if task == "page" else find_line_stores(lines.path)
     d = register_challenger(RunDir(model.path).model, stores, test_cer=test_cer, task=task,
                             eval_hash=eval_set_hash, model_name=model_name, margin=promotion_margin,
                             step=StepTracking(pipeline_run_id, mlflow_uri, experiment),

@@ -81,3 +81,21 @@ def synthesize_dataset(n_lines: int, source_dir: str | os.PathLike, out_dir: str
         info = PageStore(out / PAGES_FILE).info()
         described["pages"] = {k: info[k] for k in ("n", "splits", "lines", "content_hash")}
     return described
+
+
+TASKS = ("line", "page")
+
+
+def task_stores(dataset_dir: str | os.PathLike, task: str) -> list[Path]:
+    """The stores of a dataset folder a ``task`` is scored on: its line stores, or for ``page`` its
+    page store (a clear error when the run rendered no pages)."""
+    from textrec.data.store import find_line_stores
+
+    if task not in TASKS:
+        raise ValueError(f"task must be 'line' or 'page', got {task!r}")
+    if task == "line":
+        return find_line_stores(dataset_dir)
+    pages = Path(dataset_dir) / PAGES_FILE
+    if not pages.is_file():
+        raise ValueError(f"task 'page': the dataset {dataset_dir} has no {PAGES_FILE}; set synth_pages > 0")
+    return [pages]

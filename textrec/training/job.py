@@ -133,16 +133,11 @@ def pipeline_training_inputs(dataset_dir: str | os.PathLike, config: str, overri
     with ``reviewed_weight`` > 0, joins training as an optional store of that weight."""
     import yaml
 
-    from textrec.data.sources import PAGES_FILE
-    from textrec.data.store import find_line_stores
+    from textrec.data.sources import task_stores
 
-    if data_kind(config, overrides=overrides) == "pages":
-        pages = Path(dataset_dir) / PAGES_FILE
-        if not pages.is_file():
-            raise ValueError(f"the training config has data.kind=pages but the dataset has no {PAGES_FILE}: "
-                             "set synth_pages > 0")
-        return TrainingInputs((str(pages),), config, "")
-    stores = tuple(str(p) for p in find_line_stores(dataset_dir))
+    if data_kind(config, overrides=overrides) == "pages":  # a paragraph model
+        return TrainingInputs(tuple(str(p) for p in task_stores(dataset_dir, "page")), config, "")
+    stores = tuple(str(p) for p in task_stores(dataset_dir, "line"))
     if not reviewed_store:
         return TrainingInputs(stores, config, real_val)
     from textrec.review.store import reviewed_inputs
