@@ -230,3 +230,45 @@ def test_deslant_setting_is_checked_and_travels_with_the_stem():
         StemConfig(deslant=-0.1)
     stem = LineStem(StemConfig(deslant=0.8))
     assert LineStem.from_dict(stem.to_dict()).config.deslant == 0.8
+
+
+def _pen(width: int, height: int = 120) -> np.ndarray:
+    """Down-strokes and a joining stroke drawn with a pen ``width`` px wide (the same letters, another pen)."""
+    img = np.full((height, 400), 245, np.uint8)
+    for x0 in range(20, 380, 30):
+        img[15:height - 15, x0:x0 + width] = 25
+    img[height // 2:height // 2 + width, 20:380] = 25
+    return img
+
+
+def test_stroke_width_measures_the_pen_whatever_the_contrast():
+    from textrec.stem import stroke_width
+
+    bold, fine = LineStem(StemConfig(height=32))(_pen(12))[0].numpy(), LineStem(StemConfig(height=32))(_pen(4))[0].numpy()
+    assert stroke_width(bold) > 2.2 * stroke_width(fine)
+    assert stroke_width(0.5 * bold) == pytest.approx(stroke_width(bold), rel=1e-4)  # faint ink, same pen
+    assert stroke_width(np.zeros((32, 50), np.float32)) == 0.0
+
+
+def test_stroke_setting_brings_broad_and_fine_pens_to_one_width():
+    from textrec.stem import stroke_width
+
+    plain, even = LineStem(StemConfig(height=32)), LineStem(StemConfig(height=32, stroke=1.6))
+    widths = {w: (stroke_width(plain(_pen(w))[0].numpy()), stroke_width(even(_pen(w))[0].numpy())) for w in (4, 12)}
+    (fine_before, fine_after), (bold_before, bold_after) = widths[4], widths[12]
+    assert bold_before / fine_before > 2.2
+    assert bold_after / fine_after < 1.3  # the two pens now look alike to the model
+    assert fine_after > fine_before and bold_after < bold_before
+    x = even(_pen(12))
+    assert x.shape == plain(_pen(12)).shape and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert float(x.max()) > 0.9  # thinned strokes keep full-contrast ink
+    assert not even(np.full((40, 200), 250, np.uint8)).any()  # no ink is still blank paper
+
+
+def test_stroke_setting_is_checked_and_travels_with_the_stem():
+    for bad in (-1.0, 0.2, 20.0):
+        with pytest.raises(ValueError, match="stroke"):
+            StemConfig(height=32, stroke=bad)
+    stem = LineStem(StemConfig(height=32, stroke=1.6))
+    assert LineStem.from_dict(stem.to_dict()).config.stroke == 1.6
+    assert LineStem(StemConfig()).config.stroke == 0.0  # off unless a recipe asks for it

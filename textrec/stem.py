@@ -16,6 +16,9 @@ they stay cheap inside DataLoader workers:
 4. **Contrast.** Per line, paper is the median of the paper pixels and ink the 30th percentile of
    the ink pixels; pixels map linearly to ink ~1, paper ~0 and are clipped. Faint pencil and bold marker
    therefore look alike, and zero padding in a batch is paper.
+5. **Stroke width** (when ``stroke`` is set): steps 3-4 run at twice the height, every stroke is widened
+   or narrowed until the line's mean stroke width (:func:`stroke_width`) is ``stroke`` output pixels,
+   and the line is shrunk to ``height``. Fonts and real pens then look alike to the model.
 
 **No ink.** A line without ink (:func:`has_ink` is false: white, black, transparent or uniform grey,
 paper texture or sensor noise with no strokes in it) comes out as all zeros, blank paper, at the size
@@ -26,7 +29,7 @@ without asking the model (which would read letters into nothing).
 ``augment=True`` (training only) first distorts the cropped line at 1.5x the target height: one affine
 warp for slant, rotation and horizontal stretch, then stroke thickness (min/max filters, thinning as
 often as thickening because models break on strokes thinner than they trained on), a low-resolution
-pass, blur, contrast and noise. The normal steps 2-4 follow, so augmented and clean lines share one
+pass, blur, contrast and noise. The normal steps 2-5 follow, so augmented and clean lines share one
 normalisation.
 """
 
@@ -62,6 +65,10 @@ class StemConfig:
     # 20-40 degrees, synthetic lines mostly stand upright. 0 turns it off; otherwise the largest
     # |shear| searched, as tan(angle).
     deslant: float = 0.0
+    # Bring every line's pen to one stroke width, in output pixels (training and inference alike):
+    # font outlines are drawn with broader pens than real ballpoints, and a model trained on one width
+    # misreads the other. 0 turns it off. See :func:`set_stroke_width`.
+    stroke: float = 0.0
     # --- augmentation (training only) ---
     slant: float = 0.45  # max |shear| as tan(angle): handwriting slants up to ~25 degrees either way
     rotation: float = 1.0  # max |rotation| in degrees (a tight crop of a long tilted line shrinks it)
@@ -80,6 +87,8 @@ class StemConfig:
         for name in ("thickness", "low_res", "blur", "contrast"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"StemConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.stroke != 0 and not 0.5 <= self.stroke <= 0.25 * self.height:
+            raise ValueError(f"StemConfig.stroke must be 0 (off) or in [0.5, height / 4], got {self.stroke}")
         if not 0.0 <= self.deslant <= 1.5:
             raise ValueError(f"StemConfig.deslant must be in [0, 1.5] (max |shear|), got {self.deslant}")
         for name in ("slant", "rotation", "stretch", "noise"):
@@ -113,7 +122,7 @@ class LineStem:
         return torch.from_numpy(add_noise(x, self.config.noise, rng))[None]
 
     def normalise(self, grey: np.ndarray) -> np.ndarray:
-        """(H, W) uint8 ink-dark -> (height, W') float32 ink-bright; steps 2-4 of the module docstring
+        """(H, W) uint8 ink-dark -> (height, W') float32 ink-bright; steps 2-5 of the module docstring
         (all zeros for a line with no ink)."""
         cfg = self.config
         box = ink_box(grey)
@@ -125,6 +134,8 @@ class LineStem:
         width = min(cfg.max_width, max(MIN_WIDTH, round(w * cfg.height / h)))
         if box is None:
             return np.zeros((cfg.height, width), np.float32)
+        if cfg.stroke > 0:
+            return _with_stroke(grey, width, cfg)
         if (h, w) != (cfg.height, width):
             grey = np.asarray(Image.fromarray(grey).resize((width, cfg.height), Image.Resampling.BILINEAR))
         return ink_contrast(grey)
@@ -245,6 +256,50 @@ def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------
 # Steps 2 and 4: ink/paper statistics from the 256-bin histogram
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step 3b (optional): one stroke width
+
+
+def stroke_width(x: np.ndarray) -> float:
+    """Mean stroke width in pixels of a normalised line (ink ~1, paper ~0): twice the ink mass over
+    its total variation. A stroke of width w and length L has mass ~wL and edges ~2L long, so the
+    ratio is w, whatever the ink's contrast or blur; 0 for a line without ink.
+
+    >>> x = np.zeros((20, 40), np.float32); x[5:15, 10:13] = 1.0  # one 3-px wide vertical bar
+    >>> round(stroke_width(x), 2)  # the bar's two ends count as edge too
+    2.31
+    """
+    edges = float(np.abs(np.diff(x, axis=0)).sum() + np.abs(np.diff(x, axis=1)).sum())
+    return 2.0 * float(x.sum()) / edges if edges > 0 else 0.0
+
+
+def set_stroke_width(x: np.ndarray, target: float, max_change: float = 6.0) -> np.ndarray:
+    """Thicken or thin a normalised line's strokes until :func:`stroke_width` is about ``target``.
+
+    Each 3x3 max (min) filter widens (narrows) every stroke by one pixel on both sides; a fraction of
+    a filter's change is blended in for the remainder, which moves the width linearly. At most
+    ``max_change`` pixels are added or removed, so a line that is mostly blots or hairlines is moved
+    toward the target rather than destroyed.
+    """
+    change = target - stroke_width(x)
+    op = np.maximum if change > 0 else np.minimum
+    left = min(abs(change), max_change)
+    while left > 1e-3:
+        part = min(1.0, left / 2.0)
+        x = x + np.float32(part) * (_rank3(x, op) - x)
+        left -= 2.0 * part
+    return x
+
+
+def _with_stroke(grey: np.ndarray, width: int, cfg: StemConfig) -> np.ndarray:
+    """Steps 3-4 with one stroke width: scale to twice the output size (so a filter moves a stroke edge
+    by half an output pixel), normalise contrast, set the width, then shrink to the output size."""
+    big = np.asarray(Image.fromarray(grey).resize((2 * width, 2 * cfg.height), Image.Resampling.BILINEAR))
+    x = set_stroke_width(ink_contrast(big), 2.0 * cfg.stroke)
+    out = np.asarray(Image.fromarray(x).resize((width, cfg.height), Image.Resampling.BILINEAR), np.float32)
+    return np.clip(out, 0.0, 1.0)
 
 
 def _quantile(hist: np.ndarray, q: float) -> int:
