@@ -258,50 +258,6 @@ def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
 # Steps 2 and 4: ink/paper statistics from the 256-bin histogram
 
 
-# ---------------------------------------------------------------------------------------------------
-# Step 3b (optional): one stroke width
-
-
-def stroke_width(x: np.ndarray) -> float:
-    """Mean stroke width in pixels of a normalised line (ink ~1, paper ~0): twice the ink mass over
-    its total variation. A stroke of width w and length L has mass ~wL and edges ~2L long, so the
-    ratio is w, whatever the ink's contrast or blur; 0 for a line without ink.
-
-    >>> x = np.zeros((20, 40), np.float32); x[5:15, 10:13] = 1.0  # one 3-px wide vertical bar
-    >>> round(stroke_width(x), 2)  # the bar's two ends count as edge too
-    2.31
-    """
-    edges = float(np.abs(np.diff(x, axis=0)).sum() + np.abs(np.diff(x, axis=1)).sum())
-    return 2.0 * float(x.sum()) / edges if edges > 0 else 0.0
-
-
-def set_stroke_width(x: np.ndarray, target: float, max_change: float = 6.0) -> np.ndarray:
-    """Thicken or thin a normalised line's strokes until :func:`stroke_width` is about ``target``.
-
-    Each 3x3 max (min) filter widens (narrows) every stroke by one pixel on both sides; a fraction of
-    a filter's change is blended in for the remainder, which moves the width linearly. At most
-    ``max_change`` pixels are added or removed, so a line that is mostly blots or hairlines is moved
-    toward the target rather than destroyed.
-    """
-    change = target - stroke_width(x)
-    op = np.maximum if change > 0 else np.minimum
-    left = min(abs(change), max_change)
-    while left > 1e-3:
-        part = min(1.0, left / 2.0)
-        x = x + np.float32(part) * (_rank3(x, op) - x)
-        left -= 2.0 * part
-    return x
-
-
-def _with_stroke(grey: np.ndarray, width: int, cfg: StemConfig) -> np.ndarray:
-    """Steps 3-4 with one stroke width: scale to twice the output size (so a filter moves a stroke edge
-    by half an output pixel), normalise contrast, set the width, then shrink to the output size."""
-    big = np.asarray(Image.fromarray(grey).resize((2 * width, 2 * cfg.height), Image.Resampling.BILINEAR))
-    x = set_stroke_width(ink_contrast(big), 2.0 * cfg.stroke)
-    out = np.asarray(Image.fromarray(x).resize((width, cfg.height), Image.Resampling.BILINEAR), np.float32)
-    return np.clip(out, 0.0, 1.0)
-
-
 def _quantile(hist: np.ndarray, q: float) -> int:
     """The grey level below which a fraction ``q`` of the histogram's pixels lie."""
     c = np.cumsum(hist)
@@ -488,6 +444,50 @@ def deslant(grey: np.ndarray, max_shear: float = 1.0) -> np.ndarray:
     out = Image.fromarray(grey).transform((width, h), Image.Transform.AFFINE, coeffs,
                                           Image.Resampling.BILINEAR, fillcolor=paper)
     return np.asarray(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step 5 (optional): one stroke width
+
+
+def stroke_width(x: np.ndarray) -> float:
+    """Mean stroke width in pixels of a normalised line (ink ~1, paper ~0): twice the ink mass over
+    its total variation. A stroke of width w and length L has mass ~wL and edges ~2L long, so the
+    ratio is w, whatever the ink's contrast or blur; 0 for a line without ink.
+
+    >>> x = np.zeros((20, 40), np.float32); x[5:15, 10:13] = 1.0  # one 3-px wide vertical bar
+    >>> round(stroke_width(x), 2)  # the bar's two ends count as edge too
+    2.31
+    """
+    edges = float(np.abs(np.diff(x, axis=0)).sum() + np.abs(np.diff(x, axis=1)).sum())
+    return 2.0 * float(x.sum()) / edges if edges > 0 else 0.0
+
+
+def set_stroke_width(x: np.ndarray, target: float, max_change: float = 6.0) -> np.ndarray:
+    """Thicken or thin a normalised line's strokes until :func:`stroke_width` is about ``target``.
+
+    Each 3x3 max (min) filter widens (narrows) every stroke by one pixel on both sides; a fraction of
+    a filter's change is blended in for the remainder, which moves the width linearly. At most
+    ``max_change`` pixels are added or removed, so a line that is mostly blots or hairlines is moved
+    toward the target rather than destroyed.
+    """
+    change = target - stroke_width(x)
+    op = np.maximum if change > 0 else np.minimum
+    left = min(abs(change), max_change)
+    while left > 1e-3:
+        part = min(1.0, left / 2.0)
+        x = x + np.float32(part) * (_rank3(x, op) - x)
+        left -= 2.0 * part
+    return x
+
+
+def _with_stroke(grey: np.ndarray, width: int, cfg: StemConfig) -> np.ndarray:
+    """Steps 3-4 with one stroke width: scale to twice the output size (so a filter moves a stroke edge
+    by half an output pixel), normalise contrast, set the width, then shrink to the output size."""
+    big = np.asarray(Image.fromarray(grey).resize((2 * width, 2 * cfg.height), Image.Resampling.BILINEAR))
+    x = set_stroke_width(ink_contrast(big), 2.0 * cfg.stroke)
+    out = np.asarray(Image.fromarray(x).resize((width, cfg.height), Image.Resampling.BILINEAR), np.float32)
+    return np.clip(out, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------
