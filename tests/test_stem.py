@@ -191,14 +191,15 @@ def test_thin_strokes_on_textured_paper_are_found_and_cropped():
 # --- deslanting -------------------------------------------------------------------------------------
 
 
-def _strokes(shear: float, height: int = 60, width: int = 400) -> np.ndarray:
-    """Word-like down-strokes 4 px wide every 16 px, leaning by ``shear`` (top right of the foot for > 0)."""
+def _strokes(shear: float, height: int = 60, width: int = 400, pen: int = 4) -> np.ndarray:
+    """Word-like down-strokes ``pen`` px wide every 4 pens, leaning by ``shear`` (top right of the foot for > 0),
+    joined by a stroke one pixel narrower."""
     img = np.full((height, width + int(abs(shear) * height) + 20), 245, np.uint8)
     for y in range(8, height - 8):
         shift = int(round(shear * (height - 8 - y))) + (0 if shear >= 0 else int(-shear * height))
-        for x0 in range(10, width, 16):
-            img[y, x0 + shift:x0 + shift + 4] = 20
-    img[height // 2:height // 2 + 3, 10:width] = 20  # a joining stroke, as in cursive
+        for x0 in range(10, width, 4 * pen):
+            img[y, x0 + shift:x0 + shift + pen] = 20
+    img[height // 2:height // 2 + pen - 1, 10:width] = 20  # a joining stroke, as in cursive
     return img
 
 
@@ -232,19 +233,11 @@ def test_deslant_setting_is_checked_and_travels_with_the_stem():
     assert LineStem.from_dict(stem.to_dict()).config.deslant == 0.8
 
 
-def _pen(width: int, height: int = 120) -> np.ndarray:
-    """Down-strokes and a joining stroke drawn with a pen ``width`` px wide (the same letters, another pen)."""
-    img = np.full((height, 400), 245, np.uint8)
-    for x0 in range(20, 380, 30):
-        img[15:height - 15, x0:x0 + width] = 25
-    img[height // 2:height // 2 + width, 20:380] = 25
-    return img
-
-
 def test_stroke_width_measures_the_pen_whatever_the_contrast():
     from textrec.stem import stroke_width
 
-    bold, fine = LineStem(StemConfig(height=32))(_pen(12))[0].numpy(), LineStem(StemConfig(height=32))(_pen(4))[0].numpy()
+    plain = LineStem(StemConfig(height=32))
+    bold, fine = (plain(_strokes(0.0, height=120, pen=w))[0].numpy() for w in (12, 4))
     assert stroke_width(bold) > 2.2 * stroke_width(fine)
     assert stroke_width(0.5 * bold) == pytest.approx(stroke_width(bold), rel=1e-4)  # faint ink, same pen
     assert stroke_width(np.zeros((32, 50), np.float32)) == 0.0
@@ -254,13 +247,14 @@ def test_stroke_setting_brings_broad_and_fine_pens_to_one_width():
     from textrec.stem import stroke_width
 
     plain, even = LineStem(StemConfig(height=32)), LineStem(StemConfig(height=32, stroke=1.6))
-    widths = {w: (stroke_width(plain(_pen(w))[0].numpy()), stroke_width(even(_pen(w))[0].numpy())) for w in (4, 12)}
+    lines = {w: _strokes(0.0, height=120, pen=w) for w in (4, 12)}
+    widths = {w: (stroke_width(plain(img)[0].numpy()), stroke_width(even(img)[0].numpy())) for w, img in lines.items()}
     (fine_before, fine_after), (bold_before, bold_after) = widths[4], widths[12]
     assert bold_before / fine_before > 2.2
     assert bold_after / fine_after < 1.3  # the two pens now look alike to the model
     assert fine_after > fine_before and bold_after < bold_before
-    x = even(_pen(12))
-    assert x.shape == plain(_pen(12)).shape and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    x = even(_strokes(0.0, height=120, pen=12))
+    assert x.shape == plain(_strokes(0.0, height=120, pen=12)).shape and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert float(x.max()) > 0.9  # thinned strokes keep full-contrast ink
     assert not even(np.full((40, 200), 250, np.uint8)).any()  # no ink is still blank paper
 
