@@ -8,7 +8,9 @@
 the IAM lines layout. Lines are grouped into writers by the IAM form id in their names (``a03-011-04`` ->
 ``a03-011``; one writer fills one IAM form); other names are grouped by their folder. Each model is read
 with the decoder its artifact chose, then with every ``--decoder`` given (settings merged over the
-artifact's, so ``word_weight=0`` switches one term off). Prints a table; ``--json`` writes the figures.
+artifact's, so ``word_weight=0`` switches one term off); with ``--lm-corpus SPEC`` every decoder runs
+again with the artifact's character LM refitted on its texts plus that corpus's running text (the LM
+``decode.lm_corpus`` gives a training run). Prints a table; ``--json`` writes the figures.
 Nothing is asserted: this is how a change to data, model or decoder is judged on real pen strokes.
 """
 
@@ -22,7 +24,8 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from textrec.decoding import DecoderSpec, WordLM
+from textrec.data.text import corpus_lines
+from textrec.decoding import CharNgramLM, DecoderSpec, WordLM
 from textrec.evaluate import evaluate, real_samples
 from textrec.metrics import cer as cer_score
 from textrec.recognizer import Recognizer
@@ -68,6 +71,15 @@ def score(rec: Recognizer, samples: list, decoder: DecoderSpec) -> dict:
             "exact": sum(r.cer == 0 for r in report.rows)}
 
 
+def with_corpus(lm: CharNgramLM, corpus: str) -> CharNgramLM:
+    """``lm`` with the n-gram counts of ``corpus``'s running text added (same order and charset)."""
+    extra = CharNgramLM.fit(corpus_lines(corpus, charset=lm.charset), order=lm.order, charset=lm.charset)
+    counts = dict(lm.counts)
+    for gram, n in extra.counts.items():
+        counts[gram] = counts.get(gram, 0) + n
+    return CharNgramLM(counts, lm.order, lm.charset).with_words(lm.words)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, help="model.pt or run folder (repeatable)")
@@ -77,6 +89,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
     ap.add_argument("--lexicon", default="wordfreq", help="word LM for word_weight decoders of models saved "
                     "without one (decoding.LEXICONS)")
+    ap.add_argument("--lm-corpus", default=None, help="corpus spec (data.corpus) whose running text is added "
+                    "to the character LM for a second pass of every decoder")
     ap.add_argument("--show-worst", action="store_true", help="print the three worst lines per decoder")
     a = ap.parse_args()
 
@@ -91,8 +105,13 @@ def main() -> None:
         decoders = [chosen] + ([DecoderSpec("greedy", chosen.beam)] if a.greedy and chosen.kind != "greedy" else [])
         decoders += [parse_decoder(d, chosen) for d in a.decoder]
         metrics = rec.info.get("metrics") or {}
-        for dec in decoders:
+        lms = [("", rec.lm)]
+        if a.lm_corpus and rec.lm is not None:
+            lms.append((f" +{a.lm_corpus}", with_corpus(rec.lm, a.lm_corpus)))
+        for (suffix, lm), dec in ((x, d) for x in lms for d in decoders):
+            rec.lm = lm
             r = score(rec, samples, dec)
+            r["decoder"] += suffix
             r.update(model=str(model), test_cer=metrics.get("test_cer"), parameters=metrics.get("parameters"))
             results.append(r)
             per_writer = "  ".join(f"{w} {c:.1%}" for w, c in r["writers"].items())

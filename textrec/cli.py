@@ -202,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fonts-dir", type=Path, action="append", default=[],
                    help="extra folder of .ttf/.otf handwriting fonts (repeatable)")
-    s.add_argument("--corpus", type=Path, default=None,
-                   help="text file, or a line store (.h5) whose train transcriptions to reuse")
+    s.add_argument("--corpus", default=None,
+                   help="where the words come from: wordfreq (default), fortunes (Debian's fortune "
+                        "collections), a text file, a line store (.h5) whose train transcriptions to "
+                        "reuse, or several joined by + with optional *WEIGHT (wordfreq+fortunes)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.set_defaults(func=_data_synth)
 
@@ -224,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     el.add_argument("--n", type=int, required=True)
     el.add_argument("--out", type=Path, required=True)
     el.add_argument("--seed", type=int, default=0)
-    el.add_argument("--corpus", type=Path, default=None)
+    el.add_argument("--corpus", default=None, help="as for `data synth --corpus`")
     el.set_defaults(func=_data_emnist_lines)
 
     sh = data.add_parser("show", help="a PNG grid of line images with their texts (pages: with their boxes)")

@@ -399,7 +399,7 @@ def _render(job: tuple[int, str]) -> Page:
 
 
 def synthesize_pages(n: int, out: str | os.PathLike, *, seed: int = 0, fonts_dirs: Sequence[Path] = (),
-                     workers: int | None = None, corpus: Path | None = None, config: Any = None,
+                     workers: int | None = None, corpus: str | os.PathLike | None = None, config: Any = None,
                      page_config: PageConfig | None = None, progress: bool = True) -> Path:
     """Render ``n`` pages into the page store ``out``: splits as for synthetic lines, the
     ``test_unseen_font`` pages in held-out font families. The content depends on the seed and

@@ -590,7 +590,7 @@ def default_workers() -> int:
 
 
 def synthesize(n: int, out: Path, *, seed: int = 0, fonts_dirs: Sequence[Path] = (), workers: int | None = None,
-               corpus: Path | None = None, config: SynthConfig | None = None, progress: bool = True) -> Path:
+               corpus: str | os.PathLike | None = None, config: SynthConfig | None = None, progress: bool = True) -> Path:
     """Render ``n`` lines (plus ~5% out-of-font test lines) into the line store ``out``.
 
     Train/val/test lines use the training fonts (and pen faces); ``test_unseen_font`` lines use only

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -328,37 +328,122 @@ class IamSpacing:
 # --- text files and line stores ---------------------------------------------------------------------
 
 
-class TextFileSource:
-    """Lines cut from a text file: its words, cleaned to the charset, in order; each sample starts at a
-    random word and is word-wrapped to an IAM-like length. Words with characters that cannot be
-    mapped into the charset are dropped (``skipped_words`` counts them)."""
+class ProseSource:
+    """Lines cut from running text: its words, cleaned to the charset, in order; each sample starts at
+    a random word and is word-wrapped to an IAM-like length. Words with characters that cannot be
+    mapped into the charset are dropped (``skipped_words`` counts them). Real prose carries what word
+    statistics cannot: which word follows which ("in view of", "the main topics")."""
+
+    def __init__(self, passages: Iterable[str], name: str, *, charset: Charset = DEFAULT_CHARSET,
+                 lengths: LineLength = LineLength()) -> None:
+        self.name = name
+        self.lengths = lengths
+        self.words: list[str] = []
+        self.skipped_words = 0
+        for passage in passages:
+            for token in passage.split():
+                word = clean_word(token, charset)
+                if word is None:
+                    self.skipped_words += 1
+                else:
+                    self.words.append(word)
+        if not self.words:
+            raise ValueError(f"{name}: corpus has no words that fit the charset")
+
+    def describe(self) -> str:
+        return self.name
+
+    def sample(self, rng: np.random.Generator) -> str:
+        return wrap_line(self.words, int(rng.integers(0, len(self.words))), self.lengths.sample(rng))
+
+    def lines(self) -> list[str]:
+        """Every word once, in order, wrapped into lines of the mean target length: the whole text as
+        a language model learns it."""
+        out: list[str] = []
+        i, target = 0, round(self.lengths.mean)
+        while i < len(self.words):
+            line = wrap_line(self.words[i:i + target], 0, target)
+            out.append(line)
+            i += line.count(" ") + 1
+        return out
+
+
+class TextFileSource(ProseSource):
+    """:class:`ProseSource` over one UTF-8 text file."""
 
     def __init__(self, path: str | os.PathLike, *, charset: Charset = DEFAULT_CHARSET,
                  lengths: LineLength = LineLength()) -> None:
         self.path = Path(path)
-        self.lengths = lengths
         try:
             raw = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.path}: no such corpus file") from None
+        except IsADirectoryError:
+            raise ValueError(f"{self.path}: a corpus is a text file, not a folder") from None
         except UnicodeDecodeError as e:
             raise ValueError(f"{self.path}: corpus must be UTF-8 text ({e})") from e
-        self.words: list[str] = []
-        self.skipped_words = 0
-        for token in raw.split():
-            word = clean_word(token, charset)
-            if word is None:
-                self.skipped_words += 1
-            else:
-                self.words.append(word)
-        if not self.words:
-            raise ValueError(f"{self.path}: corpus has no words that fit the charset")
+        super().__init__([raw], f"file:{self.path.name}", charset=charset, lengths=lengths)
+
+
+# Debian's English fortune collections (``apt-get install fortunes``: quotations, verse, dialogue,
+# anecdotes) that read as prose; left out are the ones of code, ASCII art, jargon definitions, puns in
+# made-up words and one system's tips.
+FORTUNE_COLLECTIONS = (
+    "art", "cookie", "drugs", "education", "food", "fortunes", "goedel", "humorists", "kids", "law",
+    "literature", "love", "magic", "medicine", "men-women", "miscellaneous", "news", "paradoxum",
+    "people", "pets", "platitudes", "politics", "science", "songs-poems", "sports", "tao", "wisdom",
+    "work",
+)
+_MARKUP = re.compile(r"[<>|{}_=@#\\^~`$]|\.\.\.\.")  # code, ASCII art, "...." ornaments
+
+
+def fortunes_dir() -> Path:
+    """Where the fortune collections are: ``$TEXTREC_FORTUNES_DIR``, else Debian's place for them."""
+    return Path(os.environ.get("TEXTREC_FORTUNES_DIR", "/usr/share/games/fortunes"))
+
+
+def fortune_passages(directory: Path | None = None,
+                     collections: Sequence[str] = FORTUNE_COLLECTIONS) -> list[str]:
+    """The passages ("cookies", separated by lines holding only ``%``) of the fortune ``collections``
+    in ``directory``, each with its whitespace collapsed. Passages that look like code, ASCII art or
+    markup (:data:`_MARKUP`) or hold fewer than four words are dropped. Collections missing from the
+    folder are skipped; none at all is an error that says how to install them."""
+    directory = directory or fortunes_dir()
+    files = [directory / c for c in collections if (directory / c).is_file()]
+    if not files:
+        raise FileNotFoundError(
+            f"corpus 'fortunes': no fortune collections in {directory} (apt-get install fortunes, which "
+            f"`make install` runs as root; or set TEXTREC_FORTUNES_DIR)")
+    out = []
+    for f in files:
+        for cookie in re.split(r"^%\s*$", f.read_text(encoding="utf-8", errors="replace"), flags=re.M):
+            if "\ufffd" in cookie or _MARKUP.search(cookie):
+                continue
+            text = " ".join(cookie.split())
+            if text.count(" ") >= 3:
+                out.append(text)
+    return out
+
+
+class MixedSource:
+    """Each line from one of several sources, drawn with probability proportional to its weight."""
+
+    def __init__(self, parts: Sequence[tuple[TextSource, float]]) -> None:
+        if not parts:
+            raise ValueError("a mixed corpus needs at least one source")
+        weights = np.array([w for _, w in parts], dtype=float)
+        if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+            raise ValueError(f"corpus weights must be finite and > 0, got {weights.tolist()}")
+        self.sources = [s for s, _ in parts]
+        self.weights = weights / weights.sum()
+        self._cdf = np.cumsum(self.weights)
 
     def describe(self) -> str:
-        return f"file:{self.path.name}"
+        return "+".join(f"{s.describe()}*{w:.3g}" for s, w in zip(self.sources, self.weights, strict=True))
 
     def sample(self, rng: np.random.Generator) -> str:
-        return wrap_line(self.words, int(rng.integers(0, len(self.words))), self.lengths.sample(rng))
+        k = min(int(np.searchsorted(self._cdf, rng.random(), side="right")), len(self.sources) - 1)
+        return self.sources[k].sample(rng)
 
 
 class StoreTextSource:
@@ -384,15 +469,73 @@ class StoreTextSource:
         return self.texts[int(rng.integers(0, len(self.texts)))]
 
 
+CORPUS_NAMES = ("wordfreq", "fortunes")
+
+
+def parse_corpus(corpus: str | os.PathLike) -> list[tuple[str, float]]:
+    """A corpus spec -> [(part, weight)]. A spec is one source or several joined by ``+``, each
+    optionally weighted with ``*W`` (``wordfreq*2+fortunes``: two lines of word statistics for each of
+    prose). A part is a name of :data:`CORPUS_NAMES` or a path; a path that exists is always one part,
+    whatever characters its name holds."""
+    text = os.fspath(corpus).strip()
+    if not text:
+        raise ValueError("corpus spec is empty")
+    if text in CORPUS_NAMES or Path(text).exists():
+        return [(text, 1.0)]
+    parts = []
+    for piece in text.split("+"):
+        name, star, weight = piece.strip().rpartition("*") if "*" in piece else (piece.strip(), "", "")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"corpus {text!r}: an empty part (expected NAME[*WEIGHT]+...)")
+        try:
+            w = float(weight) if star else 1.0
+        except ValueError:
+            raise ValueError(f"corpus {text!r}: weight {weight!r} of {name!r} is not a number") from None
+        if not (w > 0 and np.isfinite(w)):
+            raise ValueError(f"corpus {text!r}: weight of {name!r} must be finite and > 0, got {weight}")
+        parts.append((name, w))
+    return parts
+
+
+def _open_part(part: str, charset: Charset) -> TextSource:
+    if part == "wordfreq":
+        return WordFreqSource(charset=charset)
+    if part == "fortunes":
+        return ProseSource(fortune_passages(), "fortunes", charset=charset)
+    if Path(part).suffix.lower() in (".h5", ".hdf5"):
+        return StoreTextSource(Path(part), charset=charset)
+    if not Path(part).exists():
+        raise FileNotFoundError(f"corpus part {part!r}: no such file, and not one of {', '.join(CORPUS_NAMES)}")
+    return TextFileSource(Path(part), charset=charset)
+
+
 def open_text_source(corpus: str | os.PathLike | None = None, *, charset: Charset = DEFAULT_CHARSET,
                      iam_spacing_p: float = 0.0) -> TextSource:
-    """The source for ``corpus``: word statistics when None, a line store's transcriptions for an
-    ``.h5``/``.hdf5`` file, otherwise a text file; with ``iam_spacing_p`` of its lines spaced like IAM's."""
+    """The source for a ``corpus`` spec (:func:`parse_corpus`): word statistics when None or
+    ``wordfreq``, Debian's fortune collections for ``fortunes``, a line store's transcriptions for an
+    ``.h5``/``.hdf5`` file, otherwise a text file; several parts mix by weight. With ``iam_spacing_p``
+    of its lines spaced like IAM's."""
     source: TextSource
-    if corpus is None:
+    if corpus is None or not os.fspath(corpus).strip():
         source = WordFreqSource(charset=charset)
-    elif Path(corpus).suffix.lower() in (".h5", ".hdf5"):
-        source = StoreTextSource(Path(corpus), charset=charset)
     else:
-        source = TextFileSource(Path(corpus), charset=charset)
+        parts = parse_corpus(corpus)
+        opened = [(_open_part(name, charset), w) for name, w in parts]
+        source = opened[0][0] if len(opened) == 1 else MixedSource(opened)
     return IamSpacing(source, iam_spacing_p) if iam_spacing_p > 0 else source
+
+
+def corpus_lines(corpus: str | os.PathLike, *, charset: Charset = DEFAULT_CHARSET) -> list[str]:
+    """The whole running text of a corpus spec's prose parts (text files, ``fortunes``) as lines, for a
+    language model; word statistics and line stores have no running text of their own and add none.
+    A spec with no prose part at all is an error."""
+    lines: list[str] = []
+    for name, _ in parse_corpus(corpus):
+        source = _open_part(name, charset)
+        if isinstance(source, ProseSource):
+            lines += source.lines()
+    if not lines:
+        raise ValueError(f"corpus {os.fspath(corpus)!r} has no running text for a language model "
+                         f"(name a text file or fortunes)")
+    return lines

@@ -147,7 +147,9 @@ class DecodeConfig:
 
     Greedy always; with ``lm_order`` > 0 also beam search of width ``beam``: with an LM at each of
     ``lm_weights`` for a model that uses one (``LineModel.uses_lm``), a single plain pass otherwise.
-    Each of ``word_weights`` then adds a word LM (``lexicon``: one of
+    The character LM is fitted on the training texts, plus the running text of ``lm_corpus`` when set
+    (loaded when the data is built, so a missing corpus fails before training). Each of
+    ``word_weights`` then adds a word LM (``lexicon``: one of
     :data:`textrec.decoding.LEXICONS`, ``lexicon_size`` words from wordfreq) to the best of those LM
     weights. The chosen decoder is the one with the lowest CER on ``real_val`` when the data has that
     set (real handwriting), else on ``val``.
@@ -159,6 +161,9 @@ class DecodeConfig:
     word_weights: tuple[float, ...] = ()  # word LM weights to try; (): no word LM
     lexicon: str = "wordfreq"  # the word LM's words: wordfreq, wordfreq+texts (training texts' too), texts
     lexicon_size: int = DEFAULT_LEXICON_SIZE  # most frequent wordfreq words kept
+    # A corpus spec (as data.corpus takes) whose whole running text joins the training texts in the
+    # character LM: prose teaches it which word follows which. "": the training texts alone.
+    lm_corpus: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.beam, bool) or not isinstance(self.beam, int) or self.beam < 1:

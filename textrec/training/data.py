@@ -359,7 +359,7 @@ def _render_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
     d = cfg.data
     log(f"rendering a pool of {_pool_size(d)} synthetic lines into {path}")
     synthesize(_pool_size(d), path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
-               workers=d.synth_workers or None, corpus=Path(d.corpus) if d.corpus else None,
+               workers=d.synth_workers or None, corpus=d.corpus or None,
                config=SynthConfig.from_mapping(d.synth), progress=cfg.loop.progress)
 
 
@@ -434,6 +434,8 @@ def build_data(cfg: Any, out_dir: Path, charset: Charset, stem: LineStem, env: A
                 data.evals[f"{Path(uri).stem}_{split}"] = ds
     if real_val is not None:
         data.evals["real_val"] = real_val
+    if cfg.decode.lm_corpus:
+        data.lm_texts = _with_corpus(data.lm_texts, cfg.decode.lm_corpus, charset)
     if len(data.train) == 0:
         raise ValueError(f"no training lines (data.mode={d.mode}, stores={uris})")
     if "val" not in data.evals:
@@ -453,6 +455,18 @@ def _real_val(cfg: Any, cache: Path, charset: Charset, stem: LineStem, env: Any)
         return LabelledLines(rows, stem, charset, source=where)
     except (OSError, ValueError) as e:
         raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from e
+
+
+def _with_corpus(texts: Callable[[], list[str]], corpus: str, charset: Charset) -> Callable[[], list[str]]:
+    """``texts`` followed by the running text of ``decode.lm_corpus``, read now: a missing or empty
+    corpus fails before any training, not after it."""
+    from textrec.data.text import corpus_lines
+
+    try:
+        lines = corpus_lines(corpus, charset=charset)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"decode.lm_corpus={corpus}: {e}") from e
+    return lambda: texts() + lines
 
 
 def _texts(ds: Any) -> list[str]:
@@ -536,7 +550,7 @@ def _online_data(cfg: Any, stem: LineStem) -> TrainData:
     synth = SynthConfig.from_mapping(d.synth)
     train_fonts, held_out = split_fonts(discover_fonts([Path(p) for p in d.fonts_dirs]))
     train_faces, held_out_faces = split_pen_faces()
-    source = open_text_source(Path(d.corpus) if d.corpus else None, iam_spacing_p=synth.iam_spacing_p)
+    source = open_text_source(d.corpus or None, iam_spacing_p=synth.iam_spacing_p)
     seen = _RenderImage(LineRenderer(synth, train_fonts, train_faces))
     train = RenderedLines(d.train_lines, source.sample, seen, stem, seed=d.seed, augment=True)
     evals: dict[str, LineSet] = {}
@@ -635,7 +649,7 @@ def _render_page_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
     d = cfg.data
     log(f"rendering a pool of {d.pages} synthetic pages into {path}")
     synthesize_pages(d.pages, path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
-                     workers=d.synth_workers or None, corpus=Path(d.corpus) if d.corpus else None,
+                     workers=d.synth_workers or None, corpus=d.corpus or None,
                      config=SynthConfig.from_mapping(d.synth), page_config=PageConfig.from_mapping(d.page),
                      progress=cfg.loop.progress)
 
@@ -667,4 +681,8 @@ def build_page_data(cfg: Any, out_dir: Path, stem: LineStem, env: Any,
         raise ValueError(f"no training pages ({where})")
     if "val" not in data.evals:
         raise ValueError(f"no validation pages ({where}); a 'val' split is needed")
+    if cfg.decode.lm_corpus:
+        from textrec.charset import PAGE_CHARSET
+
+        data.lm_texts = _with_corpus(data.lm_texts, cfg.decode.lm_corpus, PAGE_CHARSET)
     return data
