@@ -11,9 +11,11 @@ import pytest
 
 from textrec.data.text import (
     FORTUNE_COLLECTIONS,
+    CorpusPart,
     MixedSource,
     ProseSource,
     WordFreqSource,
+    corpus_key,
     corpus_lines,
     fortune_passages,
     open_text_source,
@@ -99,12 +101,28 @@ def test_a_mixed_corpus_draws_each_source_by_its_weight(fortunes):
     assert lines == [source.sample(np.random.default_rng([5, i])) for i in range(800)]
 
 
+def test_an_optional_part_is_read_where_installed_and_left_out_with_a_warning_where_not(fortunes, tmp_path,
+                                                                                      monkeypatch):
+    assert isinstance(open_text_source("wordfreq+fortunes?"), MixedSource)
+    assert corpus_key("wordfreq+fortunes?") == "wordfreq+fortunes?"
+    monkeypatch.setenv("TEXTREC_FORTUNES_DIR", str(tmp_path / "none"))
+    with pytest.warns(UserWarning, match="optional part 'fortunes' is not installed"):
+        assert isinstance(open_text_source("wordfreq+fortunes?"), WordFreqSource)
+    # what was rendered without the fortunes is cached under another key than what is rendered with them
+    assert corpus_key("wordfreq+fortunes?") == "wordfreq+fortunes? without fortunes"
+    with pytest.raises(FileNotFoundError, match="none of its optional parts is installed"), pytest.warns(UserWarning):
+        open_text_source("fortunes?")
+    with pytest.raises(FileNotFoundError, match="no fortune collections"):
+        open_text_source("wordfreq+fortunes")  # not optional: an error
+
+
 def test_corpus_specs_and_their_errors(tmp_path):
     odd = tmp_path / "a+b*2.txt"
     odd.write_text("words", encoding="utf-8")
-    assert parse_corpus(odd) == [(str(odd), 1.0)]  # an existing path is one part, whatever its name
-    assert parse_corpus("wordfreq") == [("wordfreq", 1.0)]
-    assert parse_corpus(" wordfreq*2 + fortunes ") == [("wordfreq", 2.0), ("fortunes", 1.0)]
+    assert parse_corpus(odd) == [CorpusPart(str(odd))]  # an existing path is one part, whatever its name
+    assert parse_corpus("wordfreq") == [CorpusPart("wordfreq")]
+    assert parse_corpus(" wordfreq*2 + fortunes?*0.5 ") == [CorpusPart("wordfreq", 2.0),
+                                                              CorpusPart("fortunes", 0.5, optional=True)]
     for spec, message in [("wordfreq*0", "finite and > 0"), ("wordfreq*x", "'x' of 'wordfreq' is not a number"),
                           ("wordfreq+", "an empty part"), ("  ", "empty")]:
         with pytest.raises(ValueError, match=message):
@@ -151,3 +169,19 @@ def test_a_missing_lm_corpus_fails_before_training(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"decode.lm_corpus=fortunes: corpus 'fortunes': no fortune collections"):
         Trainer(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_optional_lm_corpus_that_is_not_installed_leaves_the_training_texts_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTREC_FORTUNES_DIR", str(tmp_path / "none"))
+    plain = Trainer(load_config(CONFIGS / "smoke.yaml", list(ONLINE)), tmp_path / "a")
+    try:
+        expected = plain.data.lm_texts()
+    finally:
+        plain.close()
+    with pytest.warns(UserWarning, match="optional part 'fortunes' is not installed"):
+        trainer = Trainer(load_config(CONFIGS / "smoke.yaml", [*ONLINE, "--decode.lm_corpus=fortunes?"]),
+                          tmp_path / "b")
+    try:
+        assert trainer.data.lm_texts() == expected
+    finally:
+        trainer.close()

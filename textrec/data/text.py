@@ -472,30 +472,74 @@ class StoreTextSource:
 CORPUS_NAMES = ("wordfreq", "fortunes")
 
 
-def parse_corpus(corpus: str | os.PathLike) -> list[tuple[str, float]]:
-    """A corpus spec -> [(part, weight)]. A spec is one source or several joined by ``+``, each
-    optionally weighted with ``*W`` (``wordfreq*2+fortunes``: two lines of word statistics for each of
-    prose). A part is a name of :data:`CORPUS_NAMES` or a path; a path that exists is always one part,
-    whatever characters its name holds."""
+@dataclass(frozen=True)
+class CorpusPart:
+    name: str  # one of CORPUS_NAMES, or a path
+    weight: float = 1.0
+    optional: bool = False  # written NAME?: left out (with a warning) where it is not installed
+
+    def present(self) -> bool:
+        if self.name == "wordfreq":
+            return True
+        if self.name == "fortunes":
+            return any((fortunes_dir() / c).is_file() for c in FORTUNE_COLLECTIONS)
+        return Path(self.name).exists()
+
+
+def parse_corpus(corpus: str | os.PathLike) -> list[CorpusPart]:
+    """A corpus spec -> its parts. A spec is one source or several joined by ``+``, each optionally
+    weighted with ``*W`` (``wordfreq*2+fortunes``: two lines of word statistics for each of prose) and
+    marked optional with a trailing ``?`` (``wordfreq+fortunes?``: the fortunes where they are
+    installed). A part is a name of :data:`CORPUS_NAMES` or a path; a path that exists is always one
+    part, whatever characters its name holds."""
     text = os.fspath(corpus).strip()
     if not text:
         raise ValueError("corpus spec is empty")
     if text in CORPUS_NAMES or Path(text).exists():
-        return [(text, 1.0)]
+        return [CorpusPart(text)]
     parts = []
     for piece in text.split("+"):
-        name, star, weight = piece.strip().rpartition("*") if "*" in piece else (piece.strip(), "", "")
-        name = name.strip()
+        piece = piece.strip()
+        optional = piece.endswith("?")
+        piece = piece.removesuffix("?").strip()
+        name, star, weight = piece.rpartition("*") if "*" in piece else (piece, "", "")
+        optional = optional or name.strip().endswith("?")  # NAME?*W reads as NAME*W?
+        name = name.strip().removesuffix("?").strip()
         if not name:
-            raise ValueError(f"corpus {text!r}: an empty part (expected NAME[*WEIGHT]+...)")
+            raise ValueError(f"corpus {text!r}: an empty part (expected NAME[*WEIGHT][?]+...)")
         try:
             w = float(weight) if star else 1.0
         except ValueError:
             raise ValueError(f"corpus {text!r}: weight {weight!r} of {name!r} is not a number") from None
         if not (w > 0 and np.isfinite(w)):
             raise ValueError(f"corpus {text!r}: weight of {name!r} must be finite and > 0, got {weight}")
-        parts.append((name, w))
+        parts.append(CorpusPart(name, w, optional))
     return parts
+
+
+def available_parts(corpus: str | os.PathLike, *, allow_none: bool = False) -> list[CorpusPart]:
+    """The parts of a spec that will be read: optional parts that are not installed are left out with
+    a warning; an error when none is left, unless ``allow_none``."""
+    import warnings
+
+    parts = parse_corpus(corpus)
+    kept = [p for p in parts if not p.optional or p.present()]
+    for p in parts:
+        if p not in kept:
+            warnings.warn(f"corpus {os.fspath(corpus)!r}: optional part {p.name!r} is not installed; "
+                          f"reading without it", stacklevel=3)
+    if not kept and not allow_none:
+        raise FileNotFoundError(f"corpus {os.fspath(corpus)!r}: none of its optional parts is installed")
+    return kept
+
+
+def corpus_key(corpus: str) -> str:
+    """What a corpus spec reads here, for cache keys: the spec itself, plus the optional parts that are
+    missing on this machine (installing one then renews what was rendered without it)."""
+    if not corpus.strip():
+        return corpus
+    missing = [p.name for p in parse_corpus(corpus) if p.optional and not p.present()]
+    return corpus + (f" without {'+'.join(missing)}" if missing else "")
 
 
 def _open_part(part: str, charset: Charset) -> TextSource:
@@ -514,14 +558,14 @@ def open_text_source(corpus: str | os.PathLike | None = None, *, charset: Charse
                      iam_spacing_p: float = 0.0) -> TextSource:
     """The source for a ``corpus`` spec (:func:`parse_corpus`): word statistics when None or
     ``wordfreq``, Debian's fortune collections for ``fortunes``, a line store's transcriptions for an
-    ``.h5``/``.hdf5`` file, otherwise a text file; several parts mix by weight. With ``iam_spacing_p``
+    ``.h5``/``.hdf5`` file, otherwise a text file; several parts mix by weight (optional parts that
+    are not installed left out: :func:`available_parts`). With ``iam_spacing_p``
     of its lines spaced like IAM's."""
     source: TextSource
     if corpus is None or not os.fspath(corpus).strip():
         source = WordFreqSource(charset=charset)
     else:
-        parts = parse_corpus(corpus)
-        opened = [(_open_part(name, charset), w) for name, w in parts]
+        opened = [(_open_part(p.name, charset), p.weight) for p in available_parts(corpus)]
         source = opened[0][0] if len(opened) == 1 else MixedSource(opened)
     return IamSpacing(source, iam_spacing_p) if iam_spacing_p > 0 else source
 
@@ -529,13 +573,15 @@ def open_text_source(corpus: str | os.PathLike | None = None, *, charset: Charse
 def corpus_lines(corpus: str | os.PathLike, *, charset: Charset = DEFAULT_CHARSET) -> list[str]:
     """The whole running text of a corpus spec's prose parts (text files, ``fortunes``) as lines, for a
     language model; word statistics and line stores have no running text of their own and add none.
-    A spec with no prose part at all is an error."""
+    A spec with no prose part at all is an error; one whose parts are all optional and not installed
+    gives no lines (with a warning)."""
     lines: list[str] = []
-    for name, _ in parse_corpus(corpus):
-        source = _open_part(name, charset)
+    parts = available_parts(corpus, allow_none=True)
+    for part in parts:
+        source = _open_part(part.name, charset)
         if isinstance(source, ProseSource):
             lines += source.lines()
-    if not lines:
+    if not lines and parts:
         raise ValueError(f"corpus {os.fspath(corpus)!r} has no running text for a language model "
                          f"(name a text file or fortunes)")
     return lines

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, Sampler
 
 from textrec.charset import Charset
 from textrec.data.store import LineStore
+from textrec.data.text import corpus_key
 from textrec.stem import LineStem
 
 Key = int | tuple[int, int]  # a line index, or (epoch, index) for lines that change per epoch
@@ -340,7 +341,7 @@ def pool_path(cfg: Any, out_dir: Path) -> Path:
 
     d = cfg.data
     fonts = [f.name for f in discover_fonts([Path(p) for p in d.fonts_dirs])]  # installing a font renews it
-    key = json.dumps({"n": _pool_size(d), "seed": d.seed, "fonts": fonts, "corpus": d.corpus,
+    key = json.dumps({"n": _pool_size(d), "seed": d.seed, "fonts": fonts, "corpus": corpus_key(d.corpus),
                       "synth": SynthConfig.from_mapping(d.synth).recipe()}, sort_keys=True, default=str)
     return _cache_dir(cfg, out_dir) / f"pool-{hashlib.sha256(key.encode()).hexdigest()[:16]}.h5"
 
@@ -633,7 +634,7 @@ def page_pool_path(cfg: Any, out_dir: Path) -> Path:
 
     d = cfg.data
     fonts = [f.name for f in discover_fonts([Path(p) for p in d.fonts_dirs])]
-    key = json.dumps({"kind": "pages", "n": d.pages, "seed": d.seed, "fonts": fonts, "corpus": d.corpus,
+    key = json.dumps({"kind": "pages", "n": d.pages, "seed": d.seed, "fonts": fonts, "corpus": corpus_key(d.corpus),
                       "synth": SynthConfig.from_mapping(d.synth).recipe(),
                       "page": asdict(PageConfig.from_mapping(d.page))}, sort_keys=True, default=str)
     return _cache_dir(cfg, out_dir) / f"pages-{hashlib.sha256(key.encode()).hexdigest()[:16]}.h5"
