@@ -250,6 +250,25 @@ def test_decode_config_checks_its_beam_and_weights():
     assert load_config(None).decode.beam == DecoderSpec().beam  # one default beam width
 
 
+def test_a_fixed_decoder_is_kept_whatever_val_prefers_and_every_candidate_is_still_scored(tmp_path, cache):
+    metrics = train(tiny_config(cache, "--decode.lm_order=3", "--decode.beam=4", "--decode.lm_weights=[0.6]",
+                                "--decode.word_weights=[0.3]", "--decode.choose=fixed"), tmp_path / "run")
+    tried = metrics["val_decoders"]
+    assert set(tried) == {"greedy", "beam4+lm0.6", "beam4+lm0.6+word0.3"}
+    assert DecoderSpec.from_dict(metrics["decoder"]).label() == "beam4+lm0.6+word0.3"
+    assert metrics["val_cer"] == pytest.approx(tried["beam4+lm0.6+word0.3"])
+    raw = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert raw["lm"] is not None and raw["word_lm"] is not None
+
+
+def test_a_fixed_decoder_needs_one_set_of_weights():
+    for bad in (["--decode.lm_weights=[0.3,0.6]"], ["--decode.lm_order=0"], ["--decode.word_weights=[0.1,0.2]"]):
+        with pytest.raises(ValueError, match="decode.choose=fixed needs beam search with one LM weight"):
+            load_config(None, ["--decode.lm_order=4", "--decode.lm_weights=[0.5]", "--decode.choose=fixed", *bad])
+    with pytest.raises(ValueError, match="decode.choose must be val or fixed, got 'best'"):
+        load_config(None, ["--decode.choose=best"])
+
+
 def test_time_budget_stops_cleanly_and_still_writes_the_model(tmp_path, cache):
     out = tmp_path / "run"
     metrics = train(tiny_config(cache, "--loop.epochs=50", "--loop.max_minutes=0.0001"), out)

@@ -164,6 +164,11 @@ class DecodeConfig:
     # A corpus spec (as data.corpus takes) whose whole running text joins the training texts in the
     # character LM: prose teaches it which word follows which. "": the training texts alone.
     lm_corpus: str = ""
+    # How the decoder is picked: "val", the lowest CER on real_val when the run has it, else on the
+    # synthetic val; "fixed", the one beam search that lm_weights (one weight) and word_weights (at most
+    # one) describe, for weights chosen on real handwriting (synthetic val text is not real prose, so
+    # it undervalues a prose LM); a run with real_val still chooses on it.
+    choose: str = "val"
 
     def __post_init__(self) -> None:
         if isinstance(self.beam, bool) or not isinstance(self.beam, int) or self.beam < 1:
@@ -178,6 +183,13 @@ class DecodeConfig:
         size = self.lexicon_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"decode.lexicon_size must be an integer >= 1, got {size!r}")
+        if self.choose not in ("val", "fixed"):
+            raise ValueError(f"decode.choose must be val or fixed, got {self.choose!r}")
+        if self.choose == "fixed" and (self.lm_order <= 0 or len(self.lm_weights) != 1
+                                       or len(self.word_weights) > 1):
+            raise ValueError("decode.choose=fixed needs beam search with one LM weight and at most one word "
+                             f"weight (decode.lm_order > 0, lm_weights {list(self.lm_weights)}, "
+                             f"word_weights {list(self.word_weights)})")
         if any(self.word_weights) and self.lm_order <= 0:
             raise ValueError("decode.word_weights need beam search: set decode.lm_order > 0 too")
 

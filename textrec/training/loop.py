@@ -418,6 +418,8 @@ class Trainer:
         beam over its own autoregressive decoder) can still find better lines than greedy. For a model
         that uses an LM, each of ``decode.word_weights`` then adds a word LM (``decode.lexicon``) to
         the best of those beam searches; a chosen word LM travels in the returned LM's ``words``.
+        ``decode.choose=fixed`` keeps the configured weights instead of the lowest val CER (every
+        decoder is still scored and logged), unless the run has ``real_val``, which decides as always.
         """
         from textrec.decoding import WordLM
 
@@ -467,6 +469,12 @@ class Trainer:
         elif any(d.word_weights):
             self.log(f"decode.word_weights not tried: {self.model.name} does not use a language model")
         self.log(f"decoders on {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in tried.items()))
+        if d.choose == "fixed" and split == "val" and self.model.uses_lm:
+            word = d.word_weights[0] if d.word_weights and with_words is not None else 0.0
+            fixed = DecoderSpec("beam", d.beam, float(d.lm_weights[0]), 0.0, float(word))
+            if fixed.label() in tried:  # it ran without error
+                self.log(f"decoder {fixed.label()} as configured (decode.choose=fixed)")
+                best = fixed
         if best.word_weight > 0:
             return best, with_words, tried
         return best, (lm if best.lm_weight > 0 else None), tried
