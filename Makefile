@@ -8,13 +8,16 @@ STAMP := $(VENV)/.installed
 DEB_FONTS := fonts-dkg-handwriting fonts-breip fonts-sjfonts fonts-femkeklaver fonts-kristi \
   fonts-tlwg-purisa-ttf fonts-dancingscript fonts-havana fonts-kaushanscript fonts-ecolier-court \
   fonts-dustin fonts-rufscript fonts-comic-neue fonts-kiloji
+# Debian's fortune collections: English prose for the decoder's character LM (configs/cpu.yaml's
+# decode.lm_corpus; optional, skipped without apt).
+DEB_TEXT := fortunes
 # npm @fontsource handwriting families, pinned by fonts/package-lock.json (optional; skipped without npm).
 FONTSOURCE_STAMP := fonts/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install fonts browser test test-slow lint typecheck check format local clean pipeline-compile pipeline-run mlflow-ui mlflow-stop
+.PHONY: install fonts corpora browser test test-slow lint typecheck check format local clean pipeline-compile pipeline-run mlflow-ui mlflow-stop
 
-install: $(STAMP) fonts
+install: $(STAMP) fonts corpora
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +31,14 @@ fonts: $(FONTSOURCE_STAMP)
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_FONTS) >/dev/null) \
 	    || echo "warning: Debian handwriting fonts not installed; the PyPI fonts alone will be used"; \
 	else echo "note: no apt-get as root; using the PyPI handwriting fonts only"; fi
+
+corpora:
+	@if dpkg -s $(DEB_TEXT) >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's fortune collections (English prose for the decoder's language model)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_TEXT) >/dev/null) \
+	    || echo "warning: fortunes not installed; the language model will know the training texts only"; \
+	else echo "note: no apt-get as root; the language model will know the training texts only"; fi
 
 $(FONTSOURCE_STAMP): fonts/package.json fonts/package-lock.json
 	@if command -v npm >/dev/null; then \

@@ -6,7 +6,9 @@
 # Environment: IMAGE_REGISTRY (prefix, may be empty), IMAGE_TAG (default: git describe, else the
 # project version), BASE_IMAGE, TORCH_INDEX (passed as build args when set), PIP_CERT (a CA bundle
 # file pip must trust inside the build; copied to docker/local/ca.crt), WHEELS_DIR (a folder of
-# wheels pip should prefer; copied to docker/local/wheels/), DOCKER (default: docker).
+# wheels pip should prefer; copied to docker/local/wheels/), FORTUNES_DIR (Debian's fortune
+# collections, default /usr/share/games/fortunes where installed: copied to docker/local/fortunes/ so
+# the component image's LM corpus is the one a local run reads), DOCKER (default: docker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,19 @@ if [ -n "${WHEELS_DIR:-}" ]; then
     dest="docker/local/wheels/${wheel##*/}"
     [ -e "$dest" ] || staged+=("$dest")
     cp "$wheel" "$dest"
+  done
+fi
+
+fortunes=${FORTUNES_DIR:-/usr/share/games/fortunes}
+if [ -d "$fortunes" ]; then
+  mkdir -p docker/local/fortunes
+  for f in "$fortunes"/*; do
+    name=${f##*/}
+    case "$name" in *.*) continue ;; esac  # strfile indexes (.dat) and links (.u8): only the text is read
+    [ -f "$f" ] || continue
+    dest="docker/local/fortunes/$name"
+    [ -e "$dest" ] || staged+=("$dest")
+    cp "$f" "$dest"
   done
 fi
 

@@ -18,7 +18,7 @@ COPY docker/local/ /tmp/local/
 COPY docker/requirements.py pyproject.toml /src/
 RUN set -eu; \
     if [ -f /tmp/local/ca.crt ]; then export PIP_CERT=/tmp/local/ca.crt; fi; \
-    mkdir -p /tmp/local/wheels; \
+    mkdir -p /tmp/local/wheels /tmp/local/fortunes; \
     python3 -m venv /opt/venv; \
     python3 /src/requirements.py component /src/pyproject.toml > /tmp/requirements.txt; \
     /opt/venv/bin/pip install --find-links /tmp/local/wheels ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} \
@@ -42,8 +42,12 @@ COPY --from=build /opt/venv /opt/venv
 # The npm handwriting fonts that `make fonts` installed (none when it has not run): the synthesize
 # and train components render with the same hands as a local run.
 COPY fonts/ /opt/textrec-fonts/
+# Debian's fortune collections that docker/build-images.sh staged (none when the host has none): the
+# prose the train component's character LM reads (decode.lm_corpus), as in a local run.
+COPY --from=build /tmp/local/fortunes/ /opt/textrec-fortunes/
 ENV PATH=/opt/venv/bin:$PATH \
     TEXTREC_FONTSOURCE_DIR=/opt/textrec-fonts/node_modules/@fontsource \
+    TEXTREC_FORTUNES_DIR=/opt/textrec-fortunes \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     XDG_CACHE_HOME=/tmp/cache MPLCONFIGDIR=/tmp/matplotlib
 USER 1000:1000
