@@ -262,9 +262,11 @@ def test_a_fixed_decoder_is_kept_whatever_val_prefers_and_every_candidate_is_sti
 
 
 def test_a_fixed_decoder_needs_one_set_of_weights():
-    for bad in (["--decode.lm_weights=[0.3,0.6]"], ["--decode.lm_order=0"], ["--decode.word_weights=[0.1,0.2]"]):
-        with pytest.raises(ValueError, match="decode.choose=fixed needs beam search with one LM weight"):
+    for bad in (["--decode.lm_weights=[0.3,0.6]"], ["--decode.word_weights=[0.1,0.2]"]):
+        with pytest.raises(ValueError, match="decode.choose=fixed needs one LM weight and at most one word"):
             load_config(None, ["--decode.lm_order=4", "--decode.lm_weights=[0.5]", "--decode.choose=fixed", *bad])
+    # greedy only (no LM): nothing to fix, nothing to refuse
+    assert load_config(CONFIGS / "cpu.yaml", ["--decode.lm_order=0", "--decode.word_weights=[]"]).decode.choose == "fixed"
     with pytest.raises(ValueError, match="decode.choose must be val or fixed, got 'best'"):
         load_config(None, ["--decode.choose=best"])
 

@@ -167,7 +167,7 @@ class DecodeConfig:
     # How the decoder is picked: "val", the lowest CER on real_val when the run has it, else on the
     # synthetic val; "fixed", the one beam search that lm_weights (one weight) and word_weights (at most
     # one) describe, for weights chosen on real handwriting (synthetic val text is not real prose, so
-    # it undervalues a prose LM); a run with real_val still chooses on it.
+    # it undervalues a prose LM); a run with real_val still chooses on it. With lm_order 0: greedy.
     choose: str = "val"
 
     def __post_init__(self) -> None:
@@ -185,11 +185,9 @@ class DecodeConfig:
             raise ValueError(f"decode.lexicon_size must be an integer >= 1, got {size!r}")
         if self.choose not in ("val", "fixed"):
             raise ValueError(f"decode.choose must be val or fixed, got {self.choose!r}")
-        if self.choose == "fixed" and (self.lm_order <= 0 or len(self.lm_weights) != 1
-                                       or len(self.word_weights) > 1):
-            raise ValueError("decode.choose=fixed needs beam search with one LM weight and at most one word "
-                             f"weight (decode.lm_order > 0, lm_weights {list(self.lm_weights)}, "
-                             f"word_weights {list(self.word_weights)})")
+        if self.choose == "fixed" and self.lm_order > 0 and (len(self.lm_weights) != 1 or len(self.word_weights) > 1):
+            raise ValueError("decode.choose=fixed needs one LM weight and at most one word weight, got "
+                             f"lm_weights {list(self.lm_weights)}, word_weights {list(self.word_weights)}")
         if any(self.word_weights) and self.lm_order <= 0:
             raise ValueError("decode.word_weights need beam search: set decode.lm_order > 0 too")
 
