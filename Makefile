@@ -24,21 +24,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-fonts: $(FONTSOURCE_STAMP)
-	@if dpkg -s $(DEB_FONTS) >/dev/null 2>&1; then exit 0; fi; \
+# $(call apt_optional,PACKAGES,WHAT,WITHOUT): install Debian PACKAGES when root with apt-get, else say
+# what a run will do WITHOUT them; never fails the build.
+apt_optional = if dpkg -s $(1) >/dev/null 2>&1; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing Debian handwriting fonts"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_FONTS) >/dev/null) \
-	    || echo "warning: Debian handwriting fonts not installed; the PyPI fonts alone will be used"; \
-	else echo "note: no apt-get as root; using the PyPI handwriting fonts only"; fi
+	  echo "installing $(2)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null) \
+	    || echo "warning: $(2) not installed; $(3)"; \
+	else echo "note: no apt-get as root; $(3)"; fi
+
+fonts: $(FONTSOURCE_STAMP)
+	@$(call apt_optional,$(DEB_FONTS),Debian handwriting fonts,using the PyPI and npm handwriting fonts only)
 
 corpora:
-	@if dpkg -s $(DEB_TEXT) >/dev/null 2>&1; then exit 0; fi; \
-	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing Debian's fortune collections (English prose for the decoder's language model)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_TEXT) >/dev/null) \
-	    || echo "warning: fortunes not installed; the language model will know the training texts only"; \
-	else echo "note: no apt-get as root; the language model will know the training texts only"; fi
+	@$(call apt_optional,$(DEB_TEXT),Debian's fortune collections (English prose for the decoder's LM),the language model will know the training texts only)
 
 $(FONTSOURCE_STAMP): fonts/package.json fonts/package-lock.json
 	@if command -v npm >/dev/null; then \
