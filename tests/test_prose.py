@@ -185,3 +185,19 @@ def test_an_optional_lm_corpus_that_is_not_installed_leaves_the_training_texts_a
         assert trainer.data.lm_texts() == expected
     finally:
         trainer.close()
+
+
+def test_the_real_benchmark_adds_a_corpus_to_an_artifacts_lm_as_fitting_on_both_would(fortunes):
+    import sys
+
+    from textrec.decoding import CharNgramLM, WordLM
+
+    sys.path.append(str(CONFIGS.parent / "benchmarks"))
+    from real import with_corpus
+
+    texts = ["the cat sat on the mat", "a dog ran far"]
+    words = WordLM.build("texts", texts)
+    base = CharNgramLM.fit(texts, order=4).with_words(words)
+    merged = with_corpus(base, "fortunes")
+    assert merged.counts == CharNgramLM.fit(texts + corpus_lines("fortunes"), order=4).counts
+    assert merged.words is words and merged.order == 4
