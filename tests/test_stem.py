@@ -266,3 +266,72 @@ def test_stroke_setting_is_checked_and_travels_with_the_stem():
     stem = LineStem(StemConfig(height=32, stroke=1.6))
     assert LineStem.from_dict(stem.to_dict()).config.stroke == 1.6
     assert LineStem(StemConfig()).config.stroke == 0.0  # off unless a recipe asks for it
+
+
+# --- scaling by the core ------------------------------------------------------------------------------
+
+
+def _zoned(xheight: int = 20, rise: int = 10, gap: int = 8, strokes: int = 30) -> np.ndarray:
+    """Letter-like 2-px strokes ``gap`` px apart filling an x-height band, every fourth with an ascender
+    and every sixth with a descender ``rise`` px long: one writer's proportions."""
+    img = np.full((xheight + 2 * rise + 20, gap * strokes + 20), 245, np.uint8)
+    top = rise + 10
+    for i in range(strokes):
+        x = 10 + i * gap
+        img[top:top + xheight, x:x + 2] = 20
+        if i % 4 == 0:
+            img[top - rise:top, x:x + 2] = 20
+        if i % 6 == 3:
+            img[top + xheight:top + xheight + rise, x:x + 2] = 20
+    return img
+
+
+def _core_rows(x: torch.Tensor) -> int:
+    from textrec.stem import core_band
+
+    top, bottom = core_band(x[0].numpy() > 0.5)
+    return bottom - top
+
+
+def test_core_setting_gives_long_and_short_ascenders_one_letter_size():
+    """By ink height, a writer with long ascenders and descenders gets small letters; by the core, the
+    x-height band fills the same rows whatever the zones around it."""
+    short, long = _zoned(rise=6), _zoned(rise=30)
+    plain, cored = LineStem(StemConfig(height=32)), LineStem(StemConfig(height=32, core=0.45))
+    assert _core_rows(plain(short)) > 1.5 * _core_rows(plain(long))
+    sizes = [_core_rows(cored(img)) for img in (short, long)]
+    assert abs(sizes[0] - sizes[1]) <= 2 and abs(sizes[0] - 0.45 * 32) <= 3
+    x = cored(long)
+    assert x.shape[1] == 32 and float(x[0, :7].max()) > 0.5 and float(x[0, -7:].max()) > 0.5  # zones squeezed in
+    assert cored(short).shape[2] == pytest.approx(cored(long).shape[2], rel=0.1)  # same letters, same width
+
+
+def test_spacing_setting_brings_narrow_and_wide_writing_to_one_stroke_spacing():
+    from textrec.stem import core_band, stroke_spacing
+
+    narrow, wide = _zoned(gap=12), _zoned(gap=28)  # 0.6 and 1.4 core heights apart
+    cored = LineStem(StemConfig(height=32, core=0.45))
+    spaced = LineStem(StemConfig(height=32, core=0.45, spacing=1.0))
+    assert cored(wide).shape[2] > 2 * cored(narrow).shape[2]  # the aspect ratio is kept
+    for img in (narrow, wide):
+        x = spaced(img)[0].numpy() > 0.5
+        top, bottom = core_band(x)
+        assert stroke_spacing(x[top:bottom]) / (bottom - top) == pytest.approx(1.0, rel=0.2)
+    assert spaced(wide).shape[2] == pytest.approx(spaced(narrow).shape[2], rel=0.15)  # same strokes, same width
+
+
+def test_core_and_spacing_keep_blank_lines_blank_and_augmented_lines_in_shape():
+    stem = LineStem(StemConfig(height=32, core=0.45, spacing=1.0, stroke=1.6))
+    assert not stem(np.full((40, 200), 250, np.uint8)).any()
+    x = stem(render(), rng=np.random.default_rng(0), augment=True)
+    assert x.shape[:2] == (1, 32) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.max()) > 0.5
+
+
+def test_core_and_spacing_settings_are_checked_and_travel_with_the_stem():
+    for bad in ({"core": 0.1}, {"core": 0.9}, {"spacing": 1.0}, {"core": 0.45, "spacing": 5.0}):
+        with pytest.raises(ValueError, match="core|spacing"):
+            StemConfig(height=32, **bad)
+    stem = LineStem(StemConfig(height=32, core=0.45, spacing=1.1))
+    again = LineStem.from_dict(stem.to_dict()).config
+    assert (again.core, again.spacing) == (0.45, 1.1)
+    assert (StemConfig().core, StemConfig().spacing) == (0.0, 0.0)  # off unless a recipe asks for them
