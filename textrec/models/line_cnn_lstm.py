@@ -201,7 +201,9 @@ class LineCnnLstm(LineModel):
         y = self.rnn(x, widths)  # (T, B, 2 * hidden)
         x = y if self.shortcut is None else y + self.shortcut(x)
         logits = self.head(self.drop(x))  # (T, B, C)
-        return F.log_softmax(logits, dim=-1), widths
+        # float32 even under bf16 autocast: CPU autocast leaves log_softmax in bf16 (8 mantissa bits),
+        # and CTC sums these log-probabilities over hundreds of frames
+        return F.log_softmax(logits.float(), dim=-1), widths
 
     def loss(self, images: torch.Tensor, widths: torch.Tensor, targets: torch.Tensor,
              target_lengths: torch.Tensor) -> torch.Tensor:
