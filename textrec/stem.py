@@ -80,8 +80,9 @@ class StemConfig:
     # come out smaller. 0 turns it off. See :func:`zone_layout`.
     core: float = 0.0
     # With ``core``: scale each line horizontally too, so its strokes stand this many core heights apart
-    # (the mean distance between strokes across the core). Real writers space their letters ~1.5x wider
-    # for their x-height than handwriting fonts do. 0 keeps the aspect ratio. See :func:`zone_layout`.
+    # (the mean distance between strokes across the core). Real hands spread wider than fonts do, from
+    # tightly joined cursive (~0.55) to wide print (~1.6; fonts 0.65-1.27). 0 keeps the aspect ratio.
+    # See :func:`zone_layout`.
     spacing: float = 0.0
     # --- augmentation (training only) ---
     slant: float = 0.45  # max |shear| as tan(angle): handwriting slants up to ~25 degrees either way
@@ -477,7 +478,7 @@ def deslant(grey: np.ndarray, max_shear: float = 1.0) -> np.ndarray:
 # Step 3 (optional): scale by the core
 
 
-_CORE_LEVEL = 0.4  # rows whose (smoothed) ink is at least this fraction of the densest row's form the core
+_CORE_LEVEL = 0.4  # rows whose (median-filtered) ink is at least this fraction of the densest row's form the core
 _MAX_ZOOM = 2.5  # the core never magnifies a line by more than this over scaling it by its ink height
 _MAX_ASPECT = 2.0  # stroke spacing stretches or squeezes a line by at most this factor
 
