@@ -558,15 +558,14 @@ def zone_layout(grey: np.ndarray, height: int, core: float, *, spacing: float = 
         width = min(width, max_width)
     above = (height - core_rows) // 2
     below = height - core_rows - above
+    # rows each outer zone gets: its own height at the core's scale, at most the room on its side
+    up = min(above, max(1, round(top * scale))) if top else 0
+    down = min(below, max(1, round((h - bottom) * scale))) if bottom < h else 0
     out = np.full((height, width), _quantile(np.bincount(grey.ravel(), minlength=256), 0.5), np.uint8)
-    zones = ((grey[:top], above, "up"), (grey[top:bottom], core_rows, "core"), (grey[bottom:], below, "down"))
-    for part, room, where in zones:
-        if part.shape[0] == 0 or room == 0:
-            continue
-        rows = room if where == "core" else min(room, max(1, round(part.shape[0] * scale)))
-        scaled = np.asarray(Image.fromarray(part).resize((width, rows), Image.Resampling.BILINEAR))
-        start = {"up": above - rows, "core": above, "down": above + core_rows}[where]
-        out[start:start + rows] = scaled
+    for part, start, rows in ((grey[:top], above - up, up), (grey[top:bottom], above, core_rows),
+                              (grey[bottom:], above + core_rows, down)):
+        if rows:
+            out[start:start + rows] = np.asarray(Image.fromarray(part).resize((width, rows), Image.Resampling.BILINEAR))
     return out
 
 
