@@ -177,7 +177,6 @@ def test_ctc_forward_shapes_and_padding_independence():
         assert torch.allclose(model(noisy, widths)[0][:n, 0], alone[:n, 0], atol=1e-4)
 
 
-
 def test_ctc_log_probabilities_stay_float32_under_bf16_autocast():
     """CTC sums a line's log-probabilities over every frame; CPU autocast would leave log_softmax in bf16."""
     model = small("line_cnn_lstm").eval()
@@ -186,6 +185,7 @@ def test_ctc_log_probabilities_stay_float32_under_bf16_autocast():
         log_probs, _ = model(images, widths)
     assert log_probs.dtype == torch.float32
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:2]), atol=1e-4)
+
 
 @pytest.mark.parametrize("name", list_models())
 def test_overfits_one_batch(name):
