@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class FlakyPredictor:
-    """Answers the first ``failures`` POSTs with ``status`` (or drops the connection when status is 0),
-    then 200 with a JSON answer naming the body's length. Records every request it saw."""
+    """Answers the first ``failures`` POSTs with ``status`` (or drops the connection when status is 0, or
+    cuts a 200 answer off after its headers when it is -1), then 200 with a JSON answer naming the body's length. Records every request it saw."""
 
     failures: int = 0
     status: int = 507
@@ -55,6 +55,15 @@ class FlakyPredictor:
                     owner.failures -= 1
                     if owner.status == 0:
                         self.connection.shutdown(2)  # a worker that died mid-request
+                        return
+                    if owner.status == -1:  # a server that died while writing its answer
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", "191")
+                        self.end_headers()
+                        self.wfile.write(b'{"text": ')
+                        self.wfile.flush()
+                        self.connection.shutdown(2)
                         return
                     return self._answer(owner.status, {"code": owner.status, "message": "worker died"})
                 if body == b"bad":
@@ -88,7 +97,7 @@ def flaky() -> Iterator[FlakyPredictor]:
     server.stop()
 
 
-@pytest.mark.parametrize("status", [507, 503, 0])
+@pytest.mark.parametrize("status", [507, 503, 0, -1])
 def test_a_failed_prediction_is_sent_again_until_it_succeeds(flaky: FlakyPredictor, status: int) -> None:
     flaky.failures, flaky.status = 3, status
     with Endpoint(flaky.url, "tok", retries=4, backoff_s=0.01) as endpoint:
@@ -104,6 +113,14 @@ def test_retries_give_up_with_the_last_answer_named(flaky: FlakyPredictor) -> No
         endpoint.predict(b"x", "textrec-line", name="line.png")
     assert len(flaky.seen) == 3
     assert "line.png" in str(e.value) and "507" in str(e.value) and "2 retries" in str(e.value)
+
+
+def test_an_answer_cut_off_every_time_gives_up_with_an_endpoint_error(flaky: FlakyPredictor) -> None:
+    flaky.failures, flaky.status = 10, -1
+    with Endpoint(flaky.url, retries=2, backoff_s=0.01) as endpoint, pytest.raises(EndpointError) as e:
+        endpoint.predict(b"x", "textrec-line", name="line.png")
+    assert len(flaky.seen) == 3
+    assert "line.png" in str(e.value) and "cut its answer off" in str(e.value) and "2 retries" in str(e.value)
 
 
 def test_a_client_error_is_not_retried_and_carries_the_servers_reason(flaky: FlakyPredictor) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,8 @@ class Endpoint:
     """``Endpoint("http://127.0.0.1:8080", token).predict(png_bytes)`` -> the server's JSON answer.
 
     ``retries`` further attempts follow a 5xx or a lost connection, waiting ``backoff_s``, then twice
-    that, and so on (capped at ``max_backoff_s``).
+    that, and so on (capped at ``max_backoff_s``). An answer cut off after its headers (the server died
+    while writing it) is sent again the same way, up to ``retries`` times more.
     """
 
     url: str
@@ -86,6 +88,19 @@ class Endpoint:
                                 f"confidence ({e!r})") from e
 
     def _post(self, url: str, name: str, **kw: Any) -> Any:
+        # urllib3's Retry covers failures up to the response's headers; a body cut off after them
+        # surfaces from requests as ChunkedEncodingError and is retried here.
+        for attempt in range(self.retries + 1):
+            try:
+                return self._post_once(url, name, **kw)
+            except requests.exceptions.ChunkedEncodingError as e:
+                if attempt == self.retries:
+                    raise EndpointError(f"{name}: {url} cut its answer off, also after {self.retries} retries "
+                                        f"({e})") from e
+                time.sleep(min(self.backoff_s * 2 ** attempt, self.max_backoff_s))
+        raise AssertionError("unreachable")
+
+    def _post_once(self, url: str, name: str, **kw: Any) -> Any:
         try:
             r = self.session.post(url, timeout=self.timeout_s, **kw)
         except requests.exceptions.RetryError as e:
