@@ -335,3 +335,19 @@ def test_core_and_spacing_settings_are_checked_and_travel_with_the_stem():
     again = LineStem.from_dict(stem.to_dict()).config
     assert (again.core, again.spacing) == (0.45, 1.1)
     assert (StemConfig().core, StemConfig().spacing) == (0.0, 0.0)  # off unless a recipe asks for them
+
+
+@pytest.mark.parametrize("settings", [{}, {"stroke": 1.6}, {"core": 0.45}, {"core": 0.45, "spacing": 0.87},
+                                      {"core": 0.45, "spacing": 0.87, "stroke": 1.6},
+                                      {"core": 0.5, "spacing": 2.0, "max_width": 200}, {"deslant": 1.0},
+                                      {"crop_to_ink": False, "core": 0.4}])
+def test_output_width_is_the_width_the_stem_gives(settings):
+    """Batches are sorted by the predicted width, so it must be the one normalising gives, for lines of
+    any proportions and for blank ones."""
+    stem = LineStem(StemConfig(height=32, **settings))
+    lines = [_zoned(), _zoned(rise=30, gap=4), _zoned(xheight=8, gap=20, strokes=12), _zoned(strokes=90),
+             np.full((40, 300), 250, np.uint8)]
+    for line in lines:
+        assert stem.output_width(line) == stem(line).shape[-1]
+    assert stem.output_width(Image.fromarray(lines[1])) == stem(lines[1]).shape[-1]
+

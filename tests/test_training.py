@@ -137,6 +137,26 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
     assert len(clean) == 2 and torch.equal(clean[0][0], clean[0][0]) and clean[0][0].shape[1] == 32
 
 
+def test_store_lines_are_batched_by_the_width_the_stem_gives(tmp_path):
+    """Scaled by the core, a line's stored width no longer predicts its width out of the stem; the
+    sampler's lengths are the stem's own widths."""
+    from textrec.data.store import LineStore, LineWriter
+
+    with LineWriter(tmp_path / "s.h5") as w:
+        for i, (xheight, gap) in enumerate([(20, 8), (8, 8), (20, 3), (10, 20), (14, 6)]):
+            img = np.full((xheight + 40, 20 + 30 * gap), 245, np.uint8)
+            for k in range(30):
+                img[20:20 + xheight, 10 + k * gap:12 + k * gap] = 20
+                img[5:20, 10 + k * gap:12 + k * gap] = 20 if k % 5 == 0 else 245
+            w.add(img, f"line {i}", split="train", source="test")
+    stem = LineStem(StemConfig(height=32, core=0.45, spacing=0.87, stroke=1.6))
+    ds = StoreLines([LineStore(tmp_path / "s.h5")], "train", stem)
+    widths = [ds[i][0].shape[-1] for i in range(len(ds))]
+    assert ds.lengths(0).tolist() == widths and ds.lengths(3).tolist() == widths
+    scaled = [store_w * 32 / h for store_w, h in zip(ds.stores[0].widths, ds.stores[0].heights, strict=True)]
+    assert np.argsort(scaled).tolist() != np.argsort(widths).tolist()  # the old estimate ordered them wrongly
+
+
 # --- schedule and callbacks -----------------------------------------------------------------------------
 
 

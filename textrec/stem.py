@@ -145,18 +145,38 @@ class LineStem:
         """(H, W) uint8 ink-dark -> (height, W') float32 ink-bright; steps 2-5 of the module docstring
         (all zeros for a line with no ink)."""
         cfg = self.config
+        grey, inked, width = self._crop(grey)
+        if not inked:
+            return np.zeros((cfg.height, width), np.float32)
+        if cfg.stroke > 0:  # the work happens at twice the size, see _with_stroke
+            return _with_stroke(self._fit(grey, 2 * cfg.height, 2 * width), cfg)
+        return ink_contrast(self._fit(grey, cfg.height, width))
+
+    def output_width(self, image: np.ndarray | Image.Image) -> int:
+        """The width of ``self(image)`` (no augmentation), from the line's geometry alone: about a third
+        of the work of normalising it. Training sorts lines into batches by it, so that a batch holds
+        lines of one width and little padding, which plain scaling's width does not predict once the
+        core and the stroke spacing decide the scale."""
+        cfg = self.config
+        grey, inked, width = self._crop(to_grey(image))
+        if not inked or cfg.core <= 0:
+            return width
+        factor = 2 if cfg.stroke > 0 else 1
+        fit = zone_fit(grey, factor * cfg.height, cfg.core, spacing=cfg.spacing,
+                       max_width=cfg.max_width * factor)
+        return max(MIN_WIDTH, (fit.width + 1) // 2) if factor == 2 else fit.width
+
+    def _crop(self, grey: np.ndarray) -> tuple[np.ndarray, bool, int]:
+        """Step 2, and step 3's width by plain scaling: (the line cropped to its ink and deslanted when
+        so configured, whether it has ink, its width at ``height`` rows keeping the aspect ratio)."""
+        cfg = self.config
         box = ink_box(grey)
         if box is not None and cfg.crop_to_ink:
             grey = grey[box[0]:box[1], box[2]:box[3]]
         if box is not None and cfg.deslant > 0:
             grey = deslant(grey, cfg.deslant)
         h, w = grey.shape
-        width = min(cfg.max_width, max(MIN_WIDTH, round(w * cfg.height / h)))
-        if box is None:
-            return np.zeros((cfg.height, width), np.float32)
-        if cfg.stroke > 0:  # the work happens at twice the size, see _with_stroke
-            return _with_stroke(self._fit(grey, 2 * cfg.height, 2 * width), cfg)
-        return ink_contrast(self._fit(grey, cfg.height, width))
+        return grey, box is not None, min(cfg.max_width, max(MIN_WIDTH, round(w * cfg.height / h)))
 
     def _fit(self, grey: np.ndarray, height: int, width: int) -> np.ndarray:
         """Step 3: the cropped line at ``height`` rows, scaled by its ink height to ``width`` columns, or
@@ -522,6 +542,36 @@ def core_band(mask: np.ndarray) -> tuple[int, int]:
     return int(rows[0]), int(rows[-1]) + 1
 
 
+@dataclass(frozen=True)
+class ZoneFit:
+    """Where :func:`zone_layout` puts a line: its core rows ``[top, bottom)`` in the cropped line, the
+    core's scale (output rows per input row) and the output width."""
+
+    top: int
+    bottom: int
+    scale: float
+    width: int
+
+
+def zone_fit(grey: np.ndarray, height: int, core: float, *, spacing: float = 0.0,
+             max_width: int | None = None) -> ZoneFit:
+    """The geometry of :func:`zone_layout` (same arguments) without drawing the line."""
+    h, w = grey.shape
+    mask = ink_mask(grey)
+    top, bottom = core_band(mask) if mask is not None else (0, h)
+    core_h = max(bottom - top, h * core / _MAX_ZOOM)
+    scale = max(1, round(core * height)) / core_h
+    aspect = 1.0
+    if spacing > 0 and mask is not None:
+        gap = stroke_spacing(mask[top:bottom])
+        if gap > 0:
+            aspect = min(_MAX_ASPECT, max(1 / _MAX_ASPECT, spacing * core_h / gap))
+    width = max(MIN_WIDTH, round(w * scale * aspect))
+    if max_width is not None:
+        width = min(width, max_width)
+    return ZoneFit(top, bottom, scale, width)
+
+
 def zone_layout(grey: np.ndarray, height: int, core: float, *, spacing: float = 0.0,
                 max_width: int | None = None) -> np.ndarray:
     """An ink-dark (H, W) uint8 line cropped to its ink, laid out on ``height`` rows by its core.
@@ -542,20 +592,10 @@ def zone_layout(grey: np.ndarray, height: int, core: float, *, spacing: float = 
     >>> out.shape, bool((out[:8] < 128).any()), bool((out[24:] < 128).any())  # both zones squeezed in
     ((32, 160), True, True)
     """
-    h, w = grey.shape
-    mask = ink_mask(grey)
-    top, bottom = core_band(mask) if mask is not None else (0, h)
+    h = grey.shape[0]
+    fit = zone_fit(grey, height, core, spacing=spacing, max_width=max_width)
+    top, bottom, scale, width = fit.top, fit.bottom, fit.scale, fit.width
     core_rows = max(1, round(core * height))
-    core_h = max(bottom - top, h * core / _MAX_ZOOM)
-    scale = core_rows / core_h
-    aspect = 1.0
-    if spacing > 0 and mask is not None:
-        gap = stroke_spacing(mask[top:bottom])
-        if gap > 0:
-            aspect = min(_MAX_ASPECT, max(1 / _MAX_ASPECT, spacing * core_h / gap))
-    width = max(MIN_WIDTH, round(w * scale * aspect))
-    if max_width is not None:
-        width = min(width, max_width)
     above = (height - core_rows) // 2
     below = height - core_rows - above
     # rows each outer zone gets: its own height at the core's scale, at most the room on its side

@@ -106,6 +106,7 @@ class StoreLines(Dataset):
                 self.items += [(s, int(i)) for i in store.indices(split)]
         if limit is not None:
             self.items = self.items[:limit]
+        self._lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -123,10 +124,14 @@ class StoreLines(Dataset):
         return self.stores[s][j]
 
     def lengths(self, epoch: int = 0) -> np.ndarray:
-        """Widths after scaling to the stem's height: what the batch padding depends on."""
-        h = self.stem.config.height
-        return np.array([self.stores[s].widths[j] * h / max(1, self.stores[s].heights[j])
-                         for s, j in self.items], dtype=np.float64)
+        """Each line's width out of the stem (:meth:`LineStem.output_width`, unaugmented): what the
+        batch padding depends on. Measured once per set, ~1 ms a line; scaling the stored width to the
+        stem's height instead left a quarter of each batch padding once the stem scales lines by
+        their core (docs/benchmarks.md, "Batches by the stem's width")."""
+        if self._lengths is None:
+            self._lengths = np.array([self.stem.output_width(self.stores[s].image(j)) for s, j in self.items],
+                                     dtype=np.float64)
+        return self._lengths
 
     def __getitem__(self, key: Key) -> tuple[torch.Tensor, str]:
         epoch, i = _split_key(key)
