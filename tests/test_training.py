@@ -157,6 +157,31 @@ def test_store_lines_are_batched_by_the_width_the_stem_gives(tmp_path):
     assert np.argsort(scaled).tolist() != np.argsort(widths).tolist()  # the old estimate ordered them wrongly
 
 
+def test_batches_are_padded_to_the_width_multiple_and_lines_read_the_same(tmp_path, cache):
+    from textrec.training.loop import Trainer
+
+    trainer = Trainer(tiny_config(cache, "--data.pad_width_to=64"), tmp_path / "run")
+    try:
+        trainer.sampler.set_epoch(0)
+        batches = list(trainer.loader)
+        assert batches and all(b.images.shape[-1] % 64 == 0 for b in batches)
+        assert all(b.images.shape[-1] - int(b.widths.max()) < 64 for b in batches)
+        trainer.model.eval()
+        b = batches[0]
+        with torch.no_grad():
+            padded, lengths = trainer.model(b.images, b.widths)
+            tight, same = trainer.model(b.images[..., :int(b.widths.max())], b.widths)
+        assert torch.equal(lengths, same)
+        for j, n in enumerate(lengths.tolist()):  # the padding changes no line's frames
+            assert torch.allclose(padded[:n, j], tight[:n, j], atol=1e-5)
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="pad_width_to"):
+        load_config(CONFIGS / "smoke.yaml", ["--data.pad_width_to=0"])
+    with pytest.raises(ValueError, match="page model"):
+        load_config(CONFIGS / "smoke.yaml", ["--data.kind=pages", "--data.pad_width_to=64"])
+
+
 # --- schedule and callbacks -----------------------------------------------------------------------------
 
 

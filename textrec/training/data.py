@@ -51,12 +51,15 @@ class Batch:
         return len(self.texts)
 
 
-def collate(batch: list[tuple[torch.Tensor, str]], charset: Charset) -> Batch:
-    """Zero-pad images to the widest and targets to the longest.
+def collate(batch: list[tuple[torch.Tensor, str]], charset: Charset, pad_width_to: int = 1) -> Batch:
+    """Zero-pad images to the widest, rounded up to a multiple of ``pad_width_to``, and targets to the
+    longest.
 
     >>> b = collate([(torch.ones(1, 8, 10), "ab"), (torch.ones(1, 8, 14), "c")], Charset())
     >>> tuple(b.images.shape), b.widths.tolist(), b.targets.tolist(), b.target_lengths.tolist()
     ((2, 1, 8, 14), [10, 14], [[54, 55], [56, 0]], [2, 1])
+    >>> tuple(collate([(torch.ones(1, 8, 10), "ab")], Charset(), pad_width_to=16).images.shape)
+    (1, 1, 8, 16)
     """
     if not batch:
         raise ValueError("collate: empty batch")
@@ -65,7 +68,7 @@ def collate(batch: list[tuple[torch.Tensor, str]], charset: Charset) -> Batch:
         raise ValueError(f"collate: images of different heights {sorted(heights)}; the stem should "
                          "scale every line to one height")
     widths = [img.shape[-1] for img, _ in batch]
-    images = torch.zeros(len(batch), 1, heights.pop(), max(widths))
+    images = torch.zeros(len(batch), 1, heights.pop(), -(-max(widths) // pad_width_to) * pad_width_to)
     for j, (img, _) in enumerate(batch):
         images[j, :, :, : img.shape[-1]] = img
     encoded = [charset.encode(text, normalise=False) for _, text in batch]
@@ -79,11 +82,11 @@ def collate(batch: list[tuple[torch.Tensor, str]], charset: Charset) -> Batch:
 class Collate:
     """A picklable ``collate_fn`` bound to a charset (DataLoader workers need to pickle it)."""
 
-    def __init__(self, charset: Charset) -> None:
-        self.charset = charset
+    def __init__(self, charset: Charset, pad_width_to: int = 1) -> None:
+        self.charset, self.pad_width_to = charset, pad_width_to
 
     def __call__(self, batch: list[tuple[torch.Tensor, str]]) -> Batch:
-        return collate(batch, self.charset)
+        return collate(batch, self.charset, self.pad_width_to)
 
 
 def _split_key(key: Key) -> tuple[int, int]:
