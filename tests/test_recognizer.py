@@ -161,6 +161,28 @@ def test_batched_results_come_back_in_input_order_and_match_single_lines(model_p
     assert rec.recognise([]) == []
 
 
+def test_lines_are_padded_to_a_few_widths_and_read_as_if_they_were_not(model_path, monkeypatch):
+    from textrec import recognizer
+
+    rec = Recognizer.load(model_path)
+    seen: list[tuple[int, list[int]]] = []
+    forward = rec.model.forward
+
+    def spy(images, widths):
+        seen.append((images.shape[-1], widths.tolist()))
+        return forward(images, widths)
+
+    monkeypatch.setattr(rec.model, "forward", spy)
+    x = rec.preprocess(line_image(width=300, seed=1, height=40))
+    assert x.shape[-1] % recognizer.LINE_PAD_WIDTH_TO  # a width the padding has to change
+    padded = rec.recognise_tensors([x])[0]
+    assert seen[-1][0] % recognizer.LINE_PAD_WIDTH_TO == 0 and seen[-1][1] == [x.shape[-1]]
+    monkeypatch.setattr(recognizer, "LINE_PAD_WIDTH_TO", 1)
+    tight = rec.recognise_tensors([x])[0]
+    assert seen[-1][0] == x.shape[-1]
+    assert padded.text == tight.text and padded.confidence == pytest.approx(tight.confidence, abs=1e-5)
+
+
 def test_recognizer_exposes_charset_stem_and_info(model_path):
     rec = Recognizer.load(model_path)
     assert rec.charset == DEFAULT_CHARSET and rec.stem.config.height == 32
