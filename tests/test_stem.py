@@ -328,19 +328,35 @@ def test_core_and_spacing_keep_blank_lines_blank_and_augmented_lines_in_shape():
 
 
 def test_core_and_spacing_settings_are_checked_and_travel_with_the_stem():
-    for bad in ({"core": 0.1}, {"core": 0.9}, {"spacing": 1.0}, {"core": 0.45, "spacing": 5.0}):
-        with pytest.raises(ValueError, match="core|spacing"):
+    for bad in ({"core": 0.1}, {"core": 0.9}, {"spacing": 1.0}, {"core": 0.45, "spacing": 5.0}, {"narrowest": 0.5},
+                {"core": 0.45, "narrowest": 1.5}, {"core": 0.45, "narrowest": -0.2}):
+        with pytest.raises(ValueError, match="core|spacing|narrowest"):
             StemConfig(height=32, **bad)
-    stem = LineStem(StemConfig(height=32, core=0.45, spacing=1.1))
+    stem = LineStem(StemConfig(height=32, core=0.45, spacing=1.1, narrowest=0.75))
     again = LineStem.from_dict(stem.to_dict()).config
-    assert (again.core, again.spacing) == (0.45, 1.1)
-    assert (StemConfig().core, StemConfig().spacing) == (0.0, 0.0)  # off unless a recipe asks for them
+    assert (again.core, again.spacing, again.narrowest) == (0.45, 1.1, 0.75)
+    assert (StemConfig().core, StemConfig().spacing, StemConfig().narrowest) == (0.0, 0.0, 0.0)  # off by default
+
+
+def test_narrowest_stops_the_spacing_from_squeezing_a_line_below_a_share_of_its_plain_width():
+    """Strokes far apart for their core (here 1.6 core heights) are squeezed by the spacing; the floor
+    keeps such a line at least ``narrowest`` of its width by plain scaling, and leaves lines that are
+    not squeezed that far alone."""
+    wide, narrow = _zoned(gap=32), _zoned(gap=10)
+    plain = LineStem(StemConfig(height=32)).output_width(wide)
+    squeezed = LineStem(StemConfig(height=32, core=0.45, spacing=0.6))
+    floored = LineStem(StemConfig(height=32, core=0.45, spacing=0.6, narrowest=0.75))
+    assert squeezed(wide).shape[-1] < 0.6 * plain
+    assert floored(wide).shape[-1] == floored.output_width(wide) == round(0.75 * plain)
+    assert floored(narrow).shape[-1] == squeezed(narrow).shape[-1] > 0.75 * LineStem(StemConfig(height=32))(narrow).shape[-1]
+    assert _core_rows(floored(wide)) == pytest.approx(_core_rows(squeezed(wide)), abs=1)  # the rows stay as they were
 
 
 @pytest.mark.parametrize("settings", [{}, {"stroke": 1.6}, {"core": 0.45}, {"core": 0.45, "spacing": 0.87},
                                       {"core": 0.45, "spacing": 0.87, "stroke": 1.6},
                                       {"core": 0.5, "spacing": 2.0, "max_width": 200}, {"deslant": 1.0},
-                                      {"crop_to_ink": False, "core": 0.4}])
+                                      {"crop_to_ink": False, "core": 0.4},
+                                      {"core": 0.45, "spacing": 0.6, "narrowest": 0.75, "stroke": 1.6}])
 def test_output_width_is_the_width_the_stem_gives(settings):
     """Batches are sorted by the predicted width, so it must be the one normalising gives, for lines of
     any proportions and for blank ones."""

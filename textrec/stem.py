@@ -84,6 +84,11 @@ class StemConfig:
     # tightly joined cursive (~0.55) to wide print (~1.6; fonts 0.65-1.27). 0 keeps the aspect ratio.
     # See :func:`zone_layout`.
     spacing: float = 0.0
+    # With ``core``: a line never comes out narrower than this fraction of its width by plain scaling.
+    # Where the core or the spacing is misread (blurred bold faces, print full of ascenders) a line was
+    # squeezed to a third of that, fewer frames than it has characters; real lines measured came out at
+    # 0.75 of it or wider. 0 sets no floor. See :func:`zone_fit`.
+    narrowest: float = 0.0
     # --- augmentation (training only) ---
     slant: float = 0.45  # max |shear| as tan(angle): handwriting slants up to ~25 degrees either way
     rotation: float = 1.0  # max |rotation| in degrees (a tight crop of a long tilted line shrinks it)
@@ -109,6 +114,9 @@ class StemConfig:
         if self.spacing != 0 and not (self.core > 0 and 0.3 <= self.spacing <= 3.0):
             raise ValueError(f"StemConfig.spacing must be 0 (off) or in [0.3, 3] with core set, got spacing "
                              f"{self.spacing} and core {self.core}")
+        if self.narrowest != 0 and not (self.core > 0 and 0.0 < self.narrowest <= 1.0):
+            raise ValueError(f"StemConfig.narrowest must be 0 (off) or in (0, 1] with core set, got narrowest "
+                             f"{self.narrowest} and core {self.core}")
         if not 0.0 <= self.deslant <= 1.5:
             raise ValueError(f"StemConfig.deslant must be in [0, 1.5] (max |shear|), got {self.deslant}")
         for name in ("slant", "rotation", "stretch", "noise"):
@@ -162,7 +170,7 @@ class LineStem:
         if not inked or cfg.core <= 0:
             return width
         factor = 2 if cfg.stroke > 0 else 1
-        fit = zone_fit(grey, factor * cfg.height, cfg.core, spacing=cfg.spacing,
+        fit = zone_fit(grey, factor * cfg.height, cfg.core, spacing=cfg.spacing, narrowest=cfg.narrowest,
                        max_width=cfg.max_width * factor)
         return max(MIN_WIDTH, (fit.width + 1) // 2) if factor == 2 else fit.width
 
@@ -183,7 +191,8 @@ class LineStem:
         by its core when ``core`` is set (then the width follows the core's scale)."""
         if self.config.core > 0:
             limit = self.config.max_width * height // self.config.height
-            return zone_layout(grey, height, self.config.core, spacing=self.config.spacing, max_width=limit)
+            return zone_layout(grey, height, self.config.core, spacing=self.config.spacing,
+                               narrowest=self.config.narrowest, max_width=limit)
         if grey.shape != (height, width):
             grey = np.asarray(Image.fromarray(grey).resize((width, height), Image.Resampling.BILINEAR))
         return grey
@@ -553,7 +562,7 @@ class ZoneFit:
     width: int
 
 
-def zone_fit(grey: np.ndarray, height: int, core: float, *, spacing: float = 0.0,
+def zone_fit(grey: np.ndarray, height: int, core: float, *, spacing: float = 0.0, narrowest: float = 0.0,
              max_width: int | None = None) -> ZoneFit:
     """The geometry of :func:`zone_layout` (same arguments) without drawing the line."""
     h, w = grey.shape
@@ -566,13 +575,13 @@ def zone_fit(grey: np.ndarray, height: int, core: float, *, spacing: float = 0.0
         gap = stroke_spacing(mask[top:bottom])
         if gap > 0:
             aspect = min(_MAX_ASPECT, max(1 / _MAX_ASPECT, spacing * core_h / gap))
-    width = max(MIN_WIDTH, round(w * scale * aspect))
+    width = max(MIN_WIDTH, round(w * scale * aspect), round(w * height / h * narrowest))
     if max_width is not None:
         width = min(width, max_width)
     return ZoneFit(top, bottom, scale, width)
 
 
-def zone_layout(grey: np.ndarray, height: int, core: float, *, spacing: float = 0.0,
+def zone_layout(grey: np.ndarray, height: int, core: float, *, spacing: float = 0.0, narrowest: float = 0.0,
                 max_width: int | None = None) -> np.ndarray:
     """An ink-dark (H, W) uint8 line cropped to its ink, laid out on ``height`` rows by its core.
 
@@ -582,6 +591,7 @@ def zone_layout(grey: np.ndarray, height: int, core: float, *, spacing: float = 
     take the ascender and descender zones at the core's scale where they fit, squeezed vertically where
     they do not, and paper where they are short. A line whose core would magnify it by more than
     ``_MAX_ZOOM`` over plain scaling (a dash, a row of dots) is read as if its core were taller.
+    With ``narrowest`` no line comes out narrower than that fraction of its width by plain scaling.
     ``max_width`` squeezes longer lines, as plain scaling does.
 
     >>> line = np.full((60, 200), 250, np.uint8)
@@ -593,7 +603,7 @@ def zone_layout(grey: np.ndarray, height: int, core: float, *, spacing: float = 
     ((32, 160), True, True)
     """
     h = grey.shape[0]
-    fit = zone_fit(grey, height, core, spacing=spacing, max_width=max_width)
+    fit = zone_fit(grey, height, core, spacing=spacing, narrowest=narrowest, max_width=max_width)
     top, bottom, scale, width = fit.top, fit.bottom, fit.scale, fit.width
     core_rows = max(1, round(core * height))
     above = (height - core_rows) // 2
