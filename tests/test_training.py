@@ -139,7 +139,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
 
 def test_store_lines_are_batched_by_the_width_the_stem_gives(tmp_path):
     """Scaled by the core, a line's stored width no longer predicts its width out of the stem; the
-    sampler's lengths are the stem's own widths."""
+    sampler's lengths are then the stem's own widths."""
     from textrec.data.store import LineStore, LineWriter
 
     with LineWriter(tmp_path / "s.h5") as w:
@@ -155,6 +155,8 @@ def test_store_lines_are_batched_by_the_width_the_stem_gives(tmp_path):
     assert ds.lengths(0).tolist() == widths and ds.lengths(3).tolist() == widths
     scaled = [store_w * 32 / h for store_w, h in zip(ds.stores[0].widths, ds.stores[0].heights, strict=True)]
     assert np.argsort(scaled).tolist() != np.argsort(widths).tolist()  # the old estimate ordered them wrongly
+    plain = StoreLines([LineStore(tmp_path / "s.h5")], "train", LineStem(StemConfig(height=32)))
+    assert plain.lengths(0).tolist() == scaled  # without the core the stored width predicts it: no measuring
 
 
 def test_batches_are_padded_to_the_width_multiple_and_lines_read_the_same(tmp_path, cache):

@@ -127,13 +127,17 @@ class StoreLines(Dataset):
         return self.stores[s][j]
 
     def lengths(self, epoch: int = 0) -> np.ndarray:
-        """Each line's width out of the stem (:meth:`LineStem.output_width`, unaugmented): what the
-        batch padding depends on. Measured once per set, ~1 ms a line; scaling the stored width to the
-        stem's height instead left a quarter of each batch padding once the stem scales lines by
-        their core (docs/benchmarks.md, "Batches by the stem's width")."""
+        """Widths after the stem: what the batch padding depends on. A stem that scales lines by their
+        core (``stem.core``) gives widths the stored ones do not predict (a quarter of each batch was
+        padding), so there each line's width is measured once per set (:meth:`LineStem.output_width`,
+        unaugmented, ~1 ms a line); otherwise the stored width scaled to the stem's height serves."""
         if self._lengths is None:
-            self._lengths = np.array([self.stem.output_width(self.stores[s].image(j)) for s, j in self.items],
-                                     dtype=np.float64)
+            if self.stem.config.core > 0:
+                widths = [self.stem.output_width(self.stores[s].image(j)) for s, j in self.items]
+            else:
+                h = self.stem.config.height
+                widths = [self.stores[s].widths[j] * h / max(1, self.stores[s].heights[j]) for s, j in self.items]
+            self._lengths = np.array(widths, dtype=np.float64)
         return self._lengths
 
     def __getitem__(self, key: Key) -> tuple[torch.Tensor, str]:
