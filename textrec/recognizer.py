@@ -187,7 +187,8 @@ class Recognizer:
         order = sorted((i for i in range(len(tensors)) if out[i] is None), key=lambda i: tensors[i].shape[-1])
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            images, widths = pad_images([tensors[i] for i in idx], LINE_PAD_WIDTH_TO if self.task == "line" else 1)
+            pad = LINE_PAD_WIDTH_TO if self.task == "line" else 1
+            images, widths = pad_images([tensors[i] for i in idx], pad)
             results = self.model.recognise(images.to(self.device), widths.to(self.device), self.decoder,
                                            self.lm)
             for i, r in zip(idx, results, strict=True):

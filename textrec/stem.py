@@ -115,8 +115,8 @@ class StemConfig:
             raise ValueError(f"StemConfig.spacing must be 0 (off) or in [0.3, 3] with core set, got spacing "
                              f"{self.spacing} and core {self.core}")
         if self.narrowest != 0 and not (self.core > 0 and 0.0 < self.narrowest <= 1.0):
-            raise ValueError(f"StemConfig.narrowest must be 0 (off) or in (0, 1] with core set, got narrowest "
-                             f"{self.narrowest} and core {self.core}")
+            raise ValueError(f"StemConfig.narrowest must be 0 (off) or in (0, 1] with core set, got "
+                             f"narrowest {self.narrowest} and core {self.core}")
         if not 0.0 <= self.deslant <= 1.5:
             raise ValueError(f"StemConfig.deslant must be in [0, 1.5] (max |shear|), got {self.deslant}")
         for name in ("slant", "rotation", "stretch", "noise"):

@@ -79,7 +79,8 @@ class DataConfig:
         if self.batch_size < 1 or self.bucket_batches < 1:
             raise ValueError("data.batch_size and data.bucket_batches must be at least 1")
         if not 1 <= self.pad_width_to <= 512:
-            raise ValueError(f"data.pad_width_to must be in [1, 512] (1: no rounding), got {self.pad_width_to}")
+            raise ValueError(f"data.pad_width_to must be in [1, 512] (1: no rounding), "
+                             f"got {self.pad_width_to}")
         if self.kind == "pages" and self.pad_width_to != 1:
             raise ValueError("data.pad_width_to is for line models, which mask the padding; a page model "
                              "reads its whole padded page, so leave it at 1 with data.kind=pages")

@@ -136,7 +136,8 @@ class StoreLines(Dataset):
                 widths = [self.stem.output_width(self.stores[s].image(j)) for s, j in self.items]
             else:
                 h = self.stem.config.height
-                widths = [self.stores[s].widths[j] * h / max(1, self.stores[s].heights[j]) for s, j in self.items]
+                widths = [self.stores[s].widths[j] * h / max(1, self.stores[s].heights[j])
+                          for s, j in self.items]
             self._lengths = np.array(widths, dtype=np.float64)
         return self._lengths
 

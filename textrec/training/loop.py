@@ -181,7 +181,8 @@ class Trainer:
         workers = self.config.data.num_workers
         # A LineSet is a map-style dataset (__len__ + __getitem__), which is all DataLoader uses.
         return DataLoader(cast(Dataset, dataset), batch_sampler=batch_sampler, num_workers=workers,
-                          collate_fn=Collate(self.charset, self.config.data.pad_width_to), pin_memory=self.device.type == "cuda",
+                          collate_fn=Collate(self.charset, self.config.data.pad_width_to),
+                          pin_memory=self.device.type == "cuda",
                           persistent_workers=persistent and workers > 0,
                           # a private generator: worker seeding must not draw from the global RNG
                           generator=torch.Generator().manual_seed(self.config.loop.seed))
