@@ -28,8 +28,7 @@ from textrec.data.store import open_store
 from textrec.data.synth import synthesize
 from textrec.decoding import CharNgramLM, DecoderSpec, ctc_decode
 from textrec.metrics import cer, wer
-from textrec.recognizer import pad_images
-from textrec.stem import LineStem
+from textrec.stem import LineStem, pad_images
 
 
 def main() -> None:

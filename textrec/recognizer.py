@@ -35,7 +35,7 @@ from textrec.charset import LINE_BREAK, Charset
 from textrec.decoding import CharNgramLM, DecoderSpec, Recognition, WordLM
 from textrec.models.paragraph import PageStem
 from textrec.segment import Box, SegmentConfig, segment_page
-from textrec.stem import LineStem, is_blank, to_grey
+from textrec.stem import LineStem, is_blank, pad_images, to_grey
 
 if TYPE_CHECKING:
     from textrec.models import LineModel
@@ -94,16 +94,6 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
 # input shape, so lines of ever new widths read ~1.6x slower than lines of a few widths (10 against
 # 16 ms a line for the cpu recipe's model, one at a time). Line models mask the padding.
 LINE_PAD_WIDTH_TO = 64
-
-
-def pad_images(tensors: Sequence[torch.Tensor], pad_width_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, H, W_i) tensors -> zero-padded (B, 1, H, W) batch, W the widest rounded up to a multiple of
-    ``pad_width_to``, and (B,) widths."""
-    widths = [t.shape[-1] for t in tensors]
-    out = torch.zeros(len(tensors), 1, tensors[0].shape[-2], -(-max(widths) // pad_width_to) * pad_width_to)
-    for j, t in enumerate(tensors):
-        out[j, :, :, : t.shape[-1]] = t
-    return out, torch.tensor(widths, dtype=torch.long)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ normalisation.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -421,6 +422,17 @@ def has_ink(grey: np.ndarray) -> bool:
 def is_blank(x: torch.Tensor) -> bool:
     """Whether a stem output is a line with no ink (the stem makes such lines all zeros)."""
     return not bool(x.any())
+
+
+def pad_images(tensors: Sequence[torch.Tensor], pad_width_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stem outputs, (1, H, W_i) tensors -> a zero-padded (B, 1, H, W) batch (paper is 0), W the widest
+    rounded up to a multiple of ``pad_width_to``, and (B,) long widths. Training and reading both batch
+    lines with it."""
+    widths = [t.shape[-1] for t in tensors]
+    out = torch.zeros(len(tensors), 1, tensors[0].shape[-2], -(-max(widths) // pad_width_to) * pad_width_to)
+    for j, t in enumerate(tensors):
+        out[j, :, :, : t.shape[-1]] = t
+    return out, torch.tensor(widths, dtype=torch.long)
 
 
 def crop_to_ink(grey: np.ndarray, trim: float = _ROW_TRIM) -> np.ndarray:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Sampler
 from textrec.charset import Charset
 from textrec.data.store import LineStore
 from textrec.data.text import corpus_key
-from textrec.stem import LineStem
+from textrec.stem import LineStem, pad_images
 
 Key = int | tuple[int, int]  # a line index, or (epoch, index) for lines that change per epoch
 
@@ -67,15 +67,12 @@ def collate(batch: list[tuple[torch.Tensor, str]], charset: Charset, pad_width_t
     if len(heights) != 1:
         raise ValueError(f"collate: images of different heights {sorted(heights)}; the stem should "
                          "scale every line to one height")
-    widths = [img.shape[-1] for img, _ in batch]
-    images = torch.zeros(len(batch), 1, heights.pop(), -(-max(widths) // pad_width_to) * pad_width_to)
-    for j, (img, _) in enumerate(batch):
-        images[j, :, :, : img.shape[-1]] = img
+    images, widths = pad_images([img for img, _ in batch], pad_width_to)
     encoded = [charset.encode(text, normalise=False) for _, text in batch]
     targets = torch.zeros(len(batch), max(1, max(len(e) for e in encoded)), dtype=torch.long)
     for j, e in enumerate(encoded):
         targets[j, : len(e)] = torch.tensor(e, dtype=torch.long)
-    return Batch(images, torch.tensor(widths, dtype=torch.long), targets,
+    return Batch(images, widths, targets,
                  torch.tensor([len(e) for e in encoded], dtype=torch.long), [t for _, t in batch])
 
 
