@@ -170,9 +170,8 @@ class LineStem:
         grey, inked, width = self._crop(to_grey(image))
         if not inked or cfg.core <= 0:
             return width
-        factor = 2 if cfg.stroke > 0 else 1
-        fit = zone_fit(grey, factor * cfg.height, cfg.core, spacing=cfg.spacing, narrowest=cfg.narrowest,
-                       max_width=cfg.max_width * factor)
+        factor = 2 if cfg.stroke > 0 else 1  # _fit's size, see normalise
+        fit = zone_fit(grey, factor * cfg.height, **self._zones(factor * cfg.height))
         return max(MIN_WIDTH, (fit.width + 1) // 2) if factor == 2 else fit.width
 
     def _crop(self, grey: np.ndarray) -> tuple[np.ndarray, bool, int]:
@@ -191,12 +190,17 @@ class LineStem:
         """Step 3: the cropped line at ``height`` rows, scaled by its ink height to ``width`` columns, or
         by its core when ``core`` is set (then the width follows the core's scale)."""
         if self.config.core > 0:
-            limit = self.config.max_width * height // self.config.height
-            return zone_layout(grey, height, self.config.core, spacing=self.config.spacing,
-                               narrowest=self.config.narrowest, max_width=limit)
+            return zone_layout(grey, height, **self._zones(height))
         if grey.shape != (height, width):
             grey = np.asarray(Image.fromarray(grey).resize((width, height), Image.Resampling.BILINEAR))
         return grey
+
+    def _zones(self, height: int) -> dict[str, Any]:
+        """The settings :func:`zone_layout` and :func:`zone_fit` take for a line laid out on ``height``
+        rows (``max_width`` scaled with it)."""
+        cfg = self.config
+        return {"core": cfg.core, "spacing": cfg.spacing, "narrowest": cfg.narrowest,
+                "max_width": cfg.max_width * height // cfg.height}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain settings for the model artifact."""
