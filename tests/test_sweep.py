@@ -226,6 +226,52 @@ def test_two_workers_share_one_study(tmp_path, pools):
     assert len({t.params["optim.lr"] for t in trials}) == 3  # workers draw different values
 
 
+
+def test_a_trial_started_past_the_count_elsewhere_is_failed_untrained_and_counts_nowhere(tmp_path, pools):
+    import optuna
+    from optuna.trial import TrialState
+
+    from textrec.sweep.study import SURPLUS, Objective, SweepRun, counts, default_storage, open_storage
+
+    spec = load_spec(sweep_file(tmp_path, pools, trials=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    storage = default_storage(out)
+    study = optuna.create_study(study_name="tiny", storage=open_storage(storage), direction="minimize")
+    with pytest.warns(UserWarning, match="Heartbeat"):  # ask() starts no heartbeat; fine for a trial never run
+        elsewhere = study.ask()  # the study's one trial, started by a worker on another machine
+    study.optimize(Objective(SweepRun(spec, out, storage, trials=1)), n_trials=1, catch=(Exception,))
+    late = study.trials[1]
+    assert late.state == TrialState.FAIL and late.user_attrs["outcome"] == SURPLUS
+    assert not (out / "trials").exists()  # nothing was trained for it
+    assert counts(study) == {**counts(study), "running": 1, "failed": 0, "done": 0}
+    study.tell(elsewhere, 0.5)
+    assert counts(study)["complete"] == 1 and counts(study)["done"] == 1
+
+
+def test_a_worker_starts_no_trial_while_another_holds_the_start_lock(tmp_path, pools):
+    from optuna.trial import TrialState
+
+    from textrec.sweep.study import StartLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = StartLock(out / "study.lock")
+    lock.acquire()
+    proc = subprocess.Popen(_sweep_command(sweep_file(tmp_path, pools, trials=1, budget={"epochs": 1}), out),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "study.db").exists():  # the sweep has created its study and reached the lock
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.1)
+        time.sleep(10)  # time enough to start a trial, had the worker not waited
+        assert proc.poll() is None and study_of(out).trials == []
+    finally:
+        lock.close()
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+    assert [t.state for t in study_of(out).trials] == [TrialState.COMPLETE]
+
 # -------------------------------------------------------------------------------------------------- Katib
 
 # The Experiment's fields, from Katib's v1beta1 Go types (pkg/apis/controller/experiments/v1beta1 and

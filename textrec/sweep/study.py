@@ -14,10 +14,15 @@
   its ``model.pt``. The sweep run gets the best value and values, the best trial's model, and the
   study's plots (:mod:`.plots`).
 - The pruner sees the trial's per-epoch validation metric through :class:`PruneOnMetric`.
+- The study never trains more than its trial count, however many workers share it. Workers of one
+  ``OUT`` folder take turns (a file lock) to count the study and start a trial; a trial that a worker on
+  another machine started at the same moment past the count is failed unstarted as ``surplus`` and
+  counts nowhere.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import multiprocessing
@@ -25,7 +30,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,7 @@ TAG_TRIAL_STATE = "textrec.trial_state"
 TAG_BEST_RUN = "textrec.best_trial_run_id"
 TAG_BEST_MODEL = "textrec.best_model_uri"
 STEP_SWEEP, STEP_TRIAL = "sweep", "trial"
-COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+COMPLETE, PRUNED, FAILED, SURPLUS = "complete", "pruned", "failed", "surplus"
 RUN_STATUS = {COMPLETE: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED"}
 ATTR_RUN, ATTR_OUTCOME, ATTR_PARENT = "mlflow_run_id", "outcome", "mlflow_parent_run_id"
 HEARTBEAT_S = 10
@@ -222,19 +227,35 @@ def _describe(p: Param) -> str:
     return f"choice{list(p.choices)}" if p.kind == "choice" else f"{p.kind}[{p.low:g}, {p.high:g}]"
 
 
-class Objective:
-    """One trial: sample values, train the config they make, return its validation metric."""
+class SurplusTrial(Exception):
+    """A trial started past the study's trial count by a worker that raced another one."""
 
-    def __init__(self, run: SweepRun) -> None:
+
+class Objective:
+    """One trial: sample values, train the config they make, return its validation metric.
+
+    ``started`` is called once the trial exists in the study, before anything else (the worker's
+    start lock is released there)."""
+
+    def __init__(self, run: SweepRun, started: Callable[[], None] | None = None) -> None:
         self.run = run
         self.tracking = _Tracking(run.tracking_uri)
+        self.started = started
 
     def __call__(self, trial) -> float:
         import optuna
 
         from textrec.training import train
 
+        if self.started is not None:
+            self.started()
         run, spec = self.run, self.run.spec
+        earlier = sum(1 for t in trial.study.get_trials(deepcopy=False)
+                      if t.number < trial.number and _budget_state(t) is not None)
+        if earlier >= run.trials:
+            trial.set_user_attr(ATTR_OUTCOME, SURPLUS)
+            raise SurplusTrial(f"trial {trial.number} not trained: the study already had its {run.trials} trials "
+                               "when it started (another worker started one at the same moment)")
         values = {p.key: suggest(trial, p) for p in spec.parameters}
         # A retried trial (its process died) inherits the original's user attributes: it continues the
         # original's folder (from its last checkpoint) and MLflow run.
@@ -286,25 +307,49 @@ def trial_value(metrics: Mapping[str, Any], per_epoch: list[float], metric: str)
     raise RuntimeError(f"the trial reported no {metric} (does the training config have that validation set?)")
 
 
-def counts(study) -> dict[str, int]:
-    """Trials by what became of them. ``failed`` counts trials whose training raised; a trial whose
-    process died is failed by the heartbeat and retried, and counts nowhere."""
+def _budget_state(t) -> str | None:
+    """Where a trial counts against the study's trial count, or None where it does not: a trial whose
+    process died (failed by the heartbeat; its retry counts instead) and a surplus trial."""
     from optuna.trial import TrialState
 
+    if t.state == TrialState.FAIL:
+        return "failed" if t.user_attrs.get(ATTR_OUTCOME) == FAILED else None
+    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
+            TrialState.WAITING: "waiting"}.get(t.state)
+
+
+def counts(study) -> dict[str, int]:
+    """Trials by what became of them. ``failed`` counts trials whose training raised; a trial whose
+    process died is failed by the heartbeat and retried, and counts nowhere, as does a surplus one."""
     out = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.COMPLETE:
-            out["complete"] += 1
-        elif t.state == TrialState.PRUNED:
-            out["pruned"] += 1
-        elif t.state == TrialState.FAIL and t.user_attrs.get(ATTR_OUTCOME) == FAILED:
-            out["failed"] += 1
-        elif t.state == TrialState.RUNNING:
-            out["running"] += 1
-        elif t.state == TrialState.WAITING:
-            out["waiting"] += 1
+        state = _budget_state(t)
+        if state is not None:
+            out[state] += 1
     out["done"] = out["complete"] + out["pruned"] + out["failed"]
     return out
+
+
+class StartLock:
+    """An exclusive lock on a file, taken to count the study and start a trial, given up once the trial
+    exists: workers sharing the file cannot both see a free place and both fill it."""
+
+    def __init__(self, path: Path) -> None:
+        self.held = False
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.held = False
+
+    def close(self) -> None:
+        self.release()
+        os.close(self.fd)
 
 
 def run_worker(run: SweepRun) -> None:
@@ -324,22 +369,30 @@ def run_worker(run: SweepRun) -> None:
     seed = run.spec.seed + 1000 * run.worker + len(study.get_trials(deepcopy=False))
     study = optuna.load_study(study_name=run.spec.name, storage=storage, sampler=make_sampler(run.spec, seed),
                               pruner=make_pruner(run.spec))
-    objective = Objective(run)
+    lock = StartLock(run.out / "study.lock")
+    objective = Objective(run, started=lock.release)
     max_failed = run.spec.max_failed_trials
-    while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(study)
-        c = counts(study)
-        if max_failed and c["failed"] >= max_failed:
-            raise SweepError(f"sweep {run.spec.name}: {c['failed']} trials failed (max_failed_trials: {max_failed}); "
-                             f"see the trials' error attributes or {run.out / 'trials'}")
-        if c["done"] >= run.trials:
-            return
-        if c["done"] + c["running"] >= run.trials and not c["waiting"]:
-            time.sleep(min(2.0, run.heartbeat_s))  # the rest are running elsewhere: wait for them (or their death)
-            continue
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+    try:
+        while True:
+            lock.acquire()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)
+            c = counts(study)
+            if max_failed and c["failed"] >= max_failed:
+                raise SweepError(f"sweep {run.spec.name}: {c['failed']} trials failed "
+                                 f"(max_failed_trials: {max_failed}); see the trials' error attributes or "
+                                 f"{run.out / 'trials'}")
+            if c["done"] >= run.trials:
+                return
+            if c["done"] + c["running"] >= run.trials and not c["waiting"]:
+                lock.release()
+                time.sleep(min(2.0, run.heartbeat_s))  # the rest run elsewhere: wait for them (or their death)
+                continue
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            lock.release()  # where the trial never reached the objective
+    finally:
+        lock.close()
 
 
 def _worker_main(run: SweepRun) -> None:  # a spawned worker process
