@@ -252,11 +252,11 @@ def test_a_trial_started_past_the_count_elsewhere_is_failed_untrained_and_counts
 def test_a_worker_starts_no_trial_while_another_holds_the_start_lock(tmp_path, pools):
     from optuna.trial import TrialState
 
-    from textrec.sweep.study import StartLock
+    from textrec.io import FileLock
 
     out = tmp_path / "out"
     out.mkdir()
-    lock = StartLock(out / "study.lock")
+    lock = FileLock(out / "study.lock")
     lock.acquire()
     proc = subprocess.Popen(_sweep_command(sweep_file(tmp_path, pools, trials=1, budget={"epochs": 1}), out),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -24,6 +24,8 @@ from textrec.data.store import LineStore
 from textrec.data.synth import _LEVER_FIELDS, LineRenderer, SynthConfig, split_plan, synthesize
 from textrec.data.text import iam_spacing
 
+REPO = Path(__file__).resolve().parents[1]
+
 N = 30
 
 
@@ -323,3 +325,23 @@ def test_an_unknown_data_synth_key_is_rejected_by_name() -> None:
         load_config(None, ["--data.synth.pen_q=0.3"])
     with pytest.raises(ConfigError, match="pen_p is a probability"):
         load_config({"data": {"synth": {"pen_p": 2}}})
+
+
+def test_two_runs_wanting_the_same_pool_render_it_once(tmp_path: Path) -> None:
+    import threading
+
+    from textrec.training.config import load_config
+    from textrec.training.data import _render_pool, pool_path
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml",
+                      ["--data.train_lines=90", "--data.val_lines=5", "--data.test_lines=5",
+                       f"--data.cache_dir={tmp_path}", "--data.synth_workers=1", "--loop.progress=false"])
+    path = pool_path(cfg, tmp_path)
+    said: list[str] = []
+    runs = [threading.Thread(target=_render_pool, args=(cfg, path, said.append)) for _ in range(2)]
+    for run in runs:  # the lock is flock on a file opened per call: two threads contend as two processes do
+        run.start()
+    for run in runs:
+        run.join()
+    assert sorted(m.split(" ")[0] for m in said) == ["rendering", "using"], said
+    assert len(LineStore(path)) >= 100  # whole: 100 lines asked for, plus the held-out fonts

@@ -13,10 +13,14 @@ it is complete, so readers see the old file or the new one and a crash leaves th
 One permission policy for all of them: a new file reads like any other new file (0666 less the
 umask), not like mkstemp's private 0600, so a server or pod running as another user can read it.
 On any failure the temporary file is removed and the target is left as it was.
+
+Where several processes would make the same file, :class:`FileLock` lets the first make it while the
+others wait and then find it made.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -104,3 +108,36 @@ def atomic_copy(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dest)
+
+
+class FileLock:
+    """An exclusive lock between processes on one machine (``flock`` on ``path``, created if missing).
+
+    ``with FileLock(p):`` holds it for a block; ``acquire`` and ``release`` where the holder gives it up
+    elsewhere (``release`` does nothing when it is not held). The lock file stays; the kernel drops the
+    lock when its holder dies, so a killed process never leaves it taken."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.held = False
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+
+    def acquire(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.held = False
+
+    def close(self) -> None:
+        self.release()
+        os.close(self.fd)
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import multiprocessing
@@ -35,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from textrec.io import FileLock
 from textrec.sweep.spec import Param, Scalar, SweepError, SweepSpec
 from textrec.training.callbacks import Callback
 
@@ -330,28 +330,6 @@ def counts(study) -> dict[str, int]:
     return out
 
 
-class StartLock:
-    """An exclusive lock on a file, taken to count the study and start a trial, given up once the trial
-    exists: workers sharing the file cannot both see a free place and both fill it."""
-
-    def __init__(self, path: Path) -> None:
-        self.held = False
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-
-    def acquire(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        self.held = True
-
-    def release(self) -> None:
-        if self.held:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            self.held = False
-
-    def close(self) -> None:
-        self.release()
-        os.close(self.fd)
-
-
 def run_worker(run: SweepRun) -> None:
     """Run trials of the study until it has ``run.trials`` finished ones (complete, pruned or failed),
     waiting for trials other workers still run; stops when ``max_failed_trials`` trials failed."""
@@ -369,7 +347,9 @@ def run_worker(run: SweepRun) -> None:
     seed = run.spec.seed + 1000 * run.worker + len(study.get_trials(deepcopy=False))
     study = optuna.load_study(study_name=run.spec.name, storage=storage, sampler=make_sampler(run.spec, seed),
                               pruner=make_pruner(run.spec))
-    lock = StartLock(run.out / "study.lock")
+    # Workers take turns to count the study and start a trial, so two cannot both fill its last place;
+    # the objective gives the lock up once its trial exists.
+    lock = FileLock(run.out / "study.lock")
     objective = Objective(run, started=lock.release)
     max_failed = run.spec.max_failed_trials
     try:

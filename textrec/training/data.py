@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Sampler
 from textrec.charset import Charset
 from textrec.data.store import LineStore
 from textrec.data.text import corpus_key
+from textrec.io import FileLock
 from textrec.stem import LineStem, pad_images
 
 Key = int | tuple[int, int]  # a line index, or (epoch, index) for lines that change per epoch
@@ -364,14 +365,19 @@ def _pool_size(d: Any) -> int:
 def _render_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
     from textrec.data.synth import SynthConfig, synthesize
 
-    if path.is_file():
-        log(f"using the synthetic pool {path}")
-        return
-    d = cfg.data
-    log(f"rendering a pool of {_pool_size(d)} synthetic lines into {path}")
-    synthesize(_pool_size(d), path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
-               workers=d.synth_workers or None, corpus=d.corpus or None,
-               config=SynthConfig.from_mapping(d.synth), progress=cfg.loop.progress)
+    with FileLock(_render_lock(path)):  # a second run wanting the same pool waits for it, then uses it
+        if path.is_file():
+            log(f"using the synthetic pool {path}")
+            return
+        d = cfg.data
+        log(f"rendering a pool of {_pool_size(d)} synthetic lines into {path}")
+        synthesize(_pool_size(d), path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
+                   workers=d.synth_workers or None, corpus=d.corpus or None,
+                   config=SynthConfig.from_mapping(d.synth), progress=cfg.loop.progress)
+
+
+def _render_lock(pool: Path) -> Path:
+    return pool.with_name(f".{pool.name}.lock")
 
 
 def _local_stores(uris: Sequence[str], cache: Path) -> list[Path]:
@@ -654,15 +660,16 @@ def _render_page_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
     from textrec.data.pages import PageConfig, synthesize_pages
     from textrec.data.synth import SynthConfig
 
-    if path.is_file():
-        log(f"using the synthetic page pool {path}")
-        return
-    d = cfg.data
-    log(f"rendering a pool of {d.pages} synthetic pages into {path}")
-    synthesize_pages(d.pages, path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
-                     workers=d.synth_workers or None, corpus=d.corpus or None,
-                     config=SynthConfig.from_mapping(d.synth), page_config=PageConfig.from_mapping(d.page),
-                     progress=cfg.loop.progress)
+    with FileLock(_render_lock(path)):
+        if path.is_file():
+            log(f"using the synthetic page pool {path}")
+            return
+        d = cfg.data
+        log(f"rendering a pool of {d.pages} synthetic pages into {path}")
+        synthesize_pages(d.pages, path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
+                         workers=d.synth_workers or None, corpus=d.corpus or None,
+                         config=SynthConfig.from_mapping(d.synth), page_config=PageConfig.from_mapping(d.page),
+                         progress=cfg.loop.progress)
 
 
 def build_page_data(cfg: Any, out_dir: Path, stem: LineStem, env: Any,
