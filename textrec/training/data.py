@@ -197,16 +197,15 @@ class LabelledLines(Dataset):
         self.names = [r[2] for r in rows]
         self.texts = [charset.normalise(r[1]) for r in rows]
         self.stem, self.source = stem, source
-        sizes: list[tuple[int, int]] = []
+        widths: list[int] = []
 
         def read() -> Iterator[Any]:
             for sample in read_rows(list(rows), source or "labelled lines"):
-                sizes.append(sample[0].shape[:2])
+                widths.append(stem.output_width(sample[0]))
                 yield sample
 
         self.hash = eval_set_hash(read())
-        self.heights = np.array([h for h, _ in sizes], dtype=np.float64)
-        self.widths = np.array([w for _, w in sizes], dtype=np.float64)
+        self.widths = np.array(widths, dtype=np.float64)
         bad = [(n, t, charset.unknown(t)) for n, t in zip(self.names, self.texts, strict=True) if charset.unknown(t)]
         if bad:
             chars = "".join(sorted({c for _, _, u in bad for c in u}))
@@ -219,8 +218,10 @@ class LabelledLines(Dataset):
         return len(self.paths)
 
     def lengths(self, epoch: int = 0) -> np.ndarray:
-        """Widths after scaling to the stem's height (before its ink crop): what batch padding follows."""
-        return self.widths * self.stem.config.height / np.maximum(1.0, self.heights)
+        """Each line's width after the stem (:meth:`LineStem.output_width`, measured as the set is read):
+        what batch padding follows. Real lines' margins and, with ``stem.core``, their writing size make
+        the stored width a poor guide to it."""
+        return self.widths
 
     def __getitem__(self, key: Key) -> tuple[torch.Tensor, str]:
         from textrec.recognizer import read_image
