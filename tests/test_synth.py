@@ -343,5 +343,31 @@ def test_two_runs_wanting_the_same_pool_render_it_once(tmp_path: Path) -> None:
         run.start()
     for run in runs:
         run.join()
-    assert sorted(m.split(" ")[0] for m in said) == ["rendering", "using"], said
+    said_first = [m.split(" ")[0] for m in said]
+    assert said_first.count("rendering") == 1 and said_first.count("using") == 1, said
     assert len(LineStore(path)) >= 100  # whole: 100 lines asked for, plus the held-out fonts
+
+
+def test_a_run_waiting_for_another_to_render_its_pool_says_so(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from textrec.io import FileLock
+    from textrec.training.config import load_config
+    from textrec.training.data import _render_pool, pool_path
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml",
+                      ["--data.train_lines=45", "--data.val_lines=3", "--data.test_lines=3",
+                       f"--data.cache_dir={tmp_path}", "--data.synth_workers=1", "--loop.progress=false"])
+    path = pool_path(cfg, tmp_path)
+    said: list[str] = []
+    with FileLock(path.with_name(f".{path.name}.lock")):  # another process is rendering it
+        run = threading.Thread(target=_render_pool, args=(cfg, path, said.append))
+        run.start()
+        deadline = time.monotonic() + 30
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert said and said[0].startswith("waiting for another process to finish rendering the synthetic pool")
+        assert run.is_alive() and not path.exists()
+    run.join()
+    assert [m.split(" ")[0] for m in said] == ["waiting", "rendering"] and path.is_file()

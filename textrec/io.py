@@ -122,9 +122,14 @@ class FileLock:
         self.held = False
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
 
-    def acquire(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+    def acquire(self, *, blocking: bool = True) -> bool:
+        """Take the lock, waiting for it unless ``blocking`` is false; whether it is now held."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
         self.held = True
+        return True
 
     def release(self) -> None:
         if self.held:
@@ -136,7 +141,8 @@ class FileLock:
         os.close(self.fd)
 
     def __enter__(self) -> FileLock:
-        self.acquire()
+        if not self.held:
+            self.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:

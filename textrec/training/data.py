@@ -366,7 +366,7 @@ def _pool_size(d: Any) -> int:
 def _render_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
     from textrec.data.synth import SynthConfig, synthesize
 
-    with FileLock(_render_lock(path)):  # a second run wanting the same pool waits for it, then uses it
+    with _rendering(path, "pool", log):
         if path.is_file():
             log(f"using the synthetic pool {path}")
             return
@@ -377,8 +377,14 @@ def _render_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
                    config=SynthConfig.from_mapping(d.synth), progress=cfg.loop.progress)
 
 
-def _render_lock(pool: Path) -> Path:
-    return pool.with_name(f".{pool.name}.lock")
+def _rendering(pool: Path, what: str, log: Callable[[str], None]) -> FileLock:
+    """The lock held while ``pool`` is rendered: a second run wanting the same pool waits for the first,
+    saying so, and then uses its pool."""
+    lock = FileLock(pool.with_name(f".{pool.name}.lock"))
+    if not lock.acquire(blocking=False):
+        log(f"waiting for another process to finish rendering the synthetic {what} {pool}")
+        lock.acquire()
+    return lock
 
 
 def _local_stores(uris: Sequence[str], cache: Path) -> list[Path]:
@@ -661,7 +667,7 @@ def _render_page_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
     from textrec.data.pages import PageConfig, synthesize_pages
     from textrec.data.synth import SynthConfig
 
-    with FileLock(_render_lock(path)):
+    with _rendering(path, "page pool", log):
         if path.is_file():
             log(f"using the synthetic page pool {path}")
             return
