@@ -144,3 +144,13 @@ def test_invalid_values_are_rejected_by_the_dataclasses():
         load_config(None, ["--data.mode=magic"])
     with pytest.raises(ConfigError, match="optim.schedule"):
         load_config(None, ["--optim.schedule=zigzag"])
+
+
+def test_the_gpu_recipe_normalises_lines_as_the_cpu_recipe_does():
+    """The stem settings chosen on real handwriting are about pen strokes, not hardware: both recipes
+    carry them, the stroke width scaled to each recipe's height."""
+    cpu, gpu = load_config(CONFIGS / "cpu.yaml").stem, load_config(CONFIGS / "gpu.yaml").stem
+    assert cpu.core > 0 and (gpu.core, gpu.spacing, gpu.narrowest) == (cpu.core, cpu.spacing, cpu.narrowest)
+    assert gpu.stroke / gpu.height == pytest.approx(cpu.stroke / cpu.height)
+    cpu_decode, gpu_decode = load_config(CONFIGS / "cpu.yaml").decode, load_config(CONFIGS / "gpu.yaml").decode
+    assert (gpu_decode.choose, gpu_decode.lm_corpus) == (cpu_decode.choose, cpu_decode.lm_corpus)
