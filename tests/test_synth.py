@@ -371,3 +371,21 @@ def test_a_run_waiting_for_another_to_render_its_pool_says_so(tmp_path: Path) ->
         assert run.is_alive() and not path.exists()
     run.join()
     assert [m.split(" ")[0] for m in said] == ["waiting", "rendering"] and path.is_file()
+
+
+def test_a_rendered_pool_is_used_without_writing_beside_it(tmp_path: Path) -> None:
+    """A pool on a read-only volume must stay usable: using one writes nothing into its folder."""
+    from textrec.training.config import load_config
+    from textrec.training.data import _render_pool, pool_path
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml",
+                      ["--data.train_lines=45", "--data.val_lines=3", "--data.test_lines=3",
+                       f"--data.cache_dir={tmp_path / 'cache'}", "--data.synth_workers=1", "--loop.progress=false"])
+    path = pool_path(cfg, tmp_path)
+    _render_pool(cfg, path, lambda _: None)
+    for lock in path.parent.glob(".*.lock"):
+        lock.unlink()  # as a pool copied onto a volume has no lock file beside it
+    said: list[str] = []
+    _render_pool(cfg, path, said.append)
+    assert said == [f"using the synthetic pool {path}"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]

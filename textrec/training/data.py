@@ -366,25 +366,30 @@ def _pool_size(d: Any) -> int:
 def _render_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
     from textrec.data.synth import SynthConfig, synthesize
 
-    with _rendering(path, "pool", log):
-        if path.is_file():
-            log(f"using the synthetic pool {path}")
-            return
-        d = cfg.data
-        log(f"rendering a pool of {_pool_size(d)} synthetic lines into {path}")
-        synthesize(_pool_size(d), path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
-                   workers=d.synth_workers or None, corpus=d.corpus or None,
-                   config=SynthConfig.from_mapping(d.synth), progress=cfg.loop.progress)
+    d = cfg.data
+    _render_once(path, "pool", f"{_pool_size(d)} synthetic lines", log, lambda: synthesize(
+        _pool_size(d), path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
+        workers=d.synth_workers or None, corpus=d.corpus or None, config=SynthConfig.from_mapping(d.synth),
+        progress=cfg.loop.progress))
 
 
-def _rendering(pool: Path, what: str, log: Callable[[str], None]) -> FileLock:
-    """The lock held while ``pool`` is rendered: a second run wanting the same pool waits for the first,
-    saying so, and then uses its pool."""
-    lock = FileLock(pool.with_name(f".{pool.name}.lock"))
-    if not lock.acquire(blocking=False):
-        log(f"waiting for another process to finish rendering the synthetic {what} {pool}")
-        lock.acquire()
-    return lock
+def _render_once(path: Path, what: str, holding: str, log: Callable[[str], None], render: Callable[[], Any]) -> None:
+    """``render()`` writes the synthetic ``what`` at ``path`` unless it is there. A finished one is used
+    without a lock (its folder may be read-only); otherwise a lock file beside it lets one process render
+    while another wanting the same one waits, saying so, and then uses it."""
+    if not path.is_file():
+        lock = FileLock(path.with_name(f".{path.name}.lock"))
+        try:
+            if not lock.acquire(blocking=False):
+                log(f"waiting for another process to finish rendering the synthetic {what} {path}")
+                lock.acquire()
+            if not path.is_file():
+                log(f"rendering a {what} of {holding} into {path}")
+                render()
+                return
+        finally:
+            lock.close()
+    log(f"using the synthetic {what} {path}")
 
 
 def _local_stores(uris: Sequence[str], cache: Path) -> list[Path]:
@@ -667,16 +672,11 @@ def _render_page_pool(cfg: Any, path: Path, log: Callable[[str], None]) -> None:
     from textrec.data.pages import PageConfig, synthesize_pages
     from textrec.data.synth import SynthConfig
 
-    with _rendering(path, "page pool", log):
-        if path.is_file():
-            log(f"using the synthetic page pool {path}")
-            return
-        d = cfg.data
-        log(f"rendering a pool of {d.pages} synthetic pages into {path}")
-        synthesize_pages(d.pages, path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs],
-                         workers=d.synth_workers or None, corpus=d.corpus or None,
-                         config=SynthConfig.from_mapping(d.synth), page_config=PageConfig.from_mapping(d.page),
-                         progress=cfg.loop.progress)
+    d = cfg.data
+    _render_once(path, "page pool", f"{d.pages} synthetic pages", log, lambda: synthesize_pages(
+        d.pages, path, seed=d.seed, fonts_dirs=[Path(p) for p in d.fonts_dirs], workers=d.synth_workers or None,
+        corpus=d.corpus or None, config=SynthConfig.from_mapping(d.synth), page_config=PageConfig.from_mapping(d.page),
+        progress=cfg.loop.progress))
 
 
 def build_page_data(cfg: Any, out_dir: Path, stem: LineStem, env: Any,
