@@ -327,16 +327,24 @@ def test_an_unknown_data_synth_key_is_rejected_by_name() -> None:
         load_config({"data": {"synth": {"pen_p": 2}}})
 
 
+def tiny_pool(cache: Path, train_lines: int = 45) -> tuple:
+    """(a training config whose pool is a few dozen lines rendered on one core, where that pool goes)."""
+    from textrec.training.config import load_config
+    from textrec.training.data import pool_path
+
+    evals = max(3, train_lines // 18)
+    cfg = load_config(REPO / "configs" / "smoke.yaml",
+                      [f"--data.train_lines={train_lines}", f"--data.val_lines={evals}", f"--data.test_lines={evals}",
+                       f"--data.cache_dir={cache}", "--data.synth_workers=1", "--loop.progress=false"])
+    return cfg, pool_path(cfg, cache)
+
+
 def test_two_runs_wanting_the_same_pool_render_it_once(tmp_path: Path) -> None:
     import threading
 
-    from textrec.training.config import load_config
-    from textrec.training.data import _render_pool, pool_path
+    from textrec.training.data import _render_pool
 
-    cfg = load_config(REPO / "configs" / "smoke.yaml",
-                      ["--data.train_lines=90", "--data.val_lines=5", "--data.test_lines=5",
-                       f"--data.cache_dir={tmp_path}", "--data.synth_workers=1", "--loop.progress=false"])
-    path = pool_path(cfg, tmp_path)
+    cfg, path = tiny_pool(tmp_path, train_lines=90)
     said: list[str] = []
     runs = [threading.Thread(target=_render_pool, args=(cfg, path, said.append)) for _ in range(2)]
     for run in runs:  # the lock is flock on a file opened per call: two threads contend as two processes do
@@ -353,13 +361,9 @@ def test_a_run_waiting_for_another_to_render_its_pool_says_so(tmp_path: Path) ->
     import time
 
     from textrec.io import FileLock
-    from textrec.training.config import load_config
-    from textrec.training.data import _render_pool, pool_path
+    from textrec.training.data import _render_pool
 
-    cfg = load_config(REPO / "configs" / "smoke.yaml",
-                      ["--data.train_lines=45", "--data.val_lines=3", "--data.test_lines=3",
-                       f"--data.cache_dir={tmp_path}", "--data.synth_workers=1", "--loop.progress=false"])
-    path = pool_path(cfg, tmp_path)
+    cfg, path = tiny_pool(tmp_path)
     said: list[str] = []
     with FileLock(path.with_name(f".{path.name}.lock")):  # another process is rendering it
         run = threading.Thread(target=_render_pool, args=(cfg, path, said.append))
@@ -375,13 +379,9 @@ def test_a_run_waiting_for_another_to_render_its_pool_says_so(tmp_path: Path) ->
 
 def test_a_rendered_pool_is_used_without_writing_beside_it(tmp_path: Path) -> None:
     """A pool on a read-only volume must stay usable: using one writes nothing into its folder."""
-    from textrec.training.config import load_config
-    from textrec.training.data import _render_pool, pool_path
+    from textrec.training.data import _render_pool
 
-    cfg = load_config(REPO / "configs" / "smoke.yaml",
-                      ["--data.train_lines=45", "--data.val_lines=3", "--data.test_lines=3",
-                       f"--data.cache_dir={tmp_path / 'cache'}", "--data.synth_workers=1", "--loop.progress=false"])
-    path = pool_path(cfg, tmp_path)
+    cfg, path = tiny_pool(tmp_path / "cache")
     _render_pool(cfg, path, lambda _: None)
     for lock in path.parent.glob(".*.lock"):
         lock.unlink()  # as a pool copied onto a volume has no lock file beside it
